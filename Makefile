@@ -1,0 +1,60 @@
+# wildboar: the two commands a newcomer needs are `make run` and `make test`.
+# Both set up what they need first (Debian packages when root, then .venv).
+
+# Debian's interpreter when there is one: workers run as an unprivileged user, who must be
+# able to execute the virtual environment's python (a pyenv build under /root is not).
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Worker processes for pytest-xdist: one per CPU.
+JOBS   ?= auto
+TYPED  := wildboar $(wildcard supervisor)
+
+.PHONY: run test setup lint typecheck unit coverage bench-core bench clean
+
+run: $(STAMP)
+	sh scripts/run
+
+test: $(STAMP) lint typecheck unit coverage
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/system-deps
+	PYTHON=$(PYTHON) sh scripts/system-deps
+	test -x $(BIN)/python && $(BIN)/python -c 'import sys; sys.exit(sys.base_prefix != "$(shell $(PYTHON) -c "import sys; print(sys.base_prefix)")")' \
+		|| { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check wildboar tests bench $(wildcard supervisor)
+	$(BIN)/ruff format --check wildboar tests bench $(wildcard supervisor)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict $(TYPED)
+
+unit: $(STAMP)
+	sh scripts/test-access
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider \
+		--cov=wildboar --cov=supervisor --cov-branch --cov-report= tests
+
+# wildboar.smtp is covered through its public API only (tests/smtp uses nothing private).
+coverage: unit
+	$(BIN)/python -m coverage report --include='wildboar/smtp/*' --fail-under=95
+	$(BIN)/python -m coverage report
+
+bench-core: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.core
+
+# Whole servers over loopback under Postfix's smtp-source; see docs/performance.md.
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench.server
+
+clean:
+	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .hypothesis build *.egg-info

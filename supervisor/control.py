@@ -1,0 +1,125 @@
+"""The control channel between the supervisor and one worker (docs/architecture.md).
+
+Owns: the ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair, the encoding of the supervisor's messages
+(``sockets`` with the listening sockets as ``SCM_RIGHTS``, ``drain``) and the parsing of the
+worker's (``ready``, ``heartbeat``, ``stopping``) into frozen values. One message is one JSON
+object of at most 64 KiB.
+Must not know: what the supervisor does with a message.
+SECURITY: the worker is unprivileged and not trusted. A message that is too long, not JSON,
+not an object, of an unknown type or with a field of the wrong type becomes ``Malformed``;
+unknown extra fields are ignored (forward compatible). At most ``MAX_BATCH`` messages are read
+per wake-up so that one chatty worker cannot starve the loop. Sending never blocks: the
+supervisor's end is non-blocking and a full or broken channel is reported, not waited on.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+MAX_MESSAGE: Final = 64 * 1024
+MAX_BATCH: Final = 64
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    sessions: int
+    messages: int
+
+
+@dataclass(frozen=True)
+class Stopping:
+    pass
+
+
+@dataclass(frozen=True)
+class Malformed:
+    reason: str
+
+
+Message = Ready | Heartbeat | Stopping | Malformed
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    """(supervisor's end, non-blocking; worker's end, to pass with ``pass_fds``)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    return ours, theirs
+
+
+def _encode(message: dict[str, object]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def send_sockets(
+    channel: socket.socket, names: Sequence[str], fds: Sequence[int], worker: int
+) -> None:
+    """The first message: socket names, with the sockets in the same order as SCM_RIGHTS."""
+    message = _encode({"type": "sockets", "names": list(names), "worker": worker})
+    socket.send_fds(channel, [message], list(fds))
+
+
+def send_drain(channel: socket.socket, deadline: float) -> bool:
+    """Tell the worker to drain within ``deadline`` seconds; False if it cannot be told."""
+    try:
+        channel.send(_encode({"type": "drain", "deadline": deadline}))
+    except OSError:
+        return False
+    return True
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _parse_object(message: dict[str, object]) -> Message:
+    kind = message.get("type")
+    if kind == "heartbeat":
+        sessions, messages = _count(message.get("sessions")), _count(message.get("messages"))
+        if sessions is None or messages is None:
+            return Malformed("heartbeat without counts")
+        return Heartbeat(sessions, messages)
+    if kind == "ready":
+        pid = _count(message.get("pid"))
+        return Ready(pid) if pid is not None else Malformed("ready without pid")
+    if kind == "stopping":
+        return Stopping()
+    return Malformed(f"unknown message type {str(kind)[:40]!r}")
+
+
+def parse(data: bytes) -> Message:
+    if len(data) > MAX_MESSAGE:
+        return Malformed(f"message over {MAX_MESSAGE} bytes")
+    try:
+        message = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return Malformed("not JSON")
+    if not isinstance(message, dict):
+        return Malformed("not a JSON object")
+    return _parse_object(message)
+
+
+def receive(channel: socket.socket) -> tuple[list[Message], bool]:
+    """The messages waiting on ``channel``, and whether the worker closed it (end of file)."""
+    messages: list[Message] = []
+    while len(messages) < MAX_BATCH:
+        try:
+            data = channel.recv(MAX_MESSAGE + 1)
+        except BlockingIOError:
+            return messages, False
+        except OSError:
+            return messages, True
+        if not data:
+            return messages, True
+        messages.append(parse(data))
+    return messages, False

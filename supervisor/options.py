@@ -1,0 +1,210 @@
+"""The supervisor's command line.
+
+``python -m supervisor [--listen [NAME=]HOST:PORT]... [--workers N] [--user U] [--group G]
+[--drain-timeout S] [--heartbeat-timeout S] [--boot-timeout S] [-- WORKER_COMMAND...]``
+
+Owns: parsing and validating the flags into one frozen ``Options``; the defaults.
+Must not know: what the worker command does with its own flags.
+SECURITY: parsed as root, before anything else happens: every error is one line
+(``StartupError``), never a traceback; hosts must be IP literals (no name resolution while
+privileged); ports are 0..65535 (0: the kernel picks one, for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from .exits import StartupError
+
+PROG = "wildboar-supervisor"
+DEFAULT_LISTEN_NAME = "smtp"
+DEFAULT_USER = "wildboar"
+DEFAULT_GROUP = "wildboar"
+DEFAULT_DRAIN_TIMEOUT = 30.0  # seconds a session may take to finish after TERM/HUP/TTOU
+DEFAULT_HEARTBEAT_TIMEOUT = 10.0  # seconds without a heartbeat (sent every 1 s) before SIGKILL
+DEFAULT_BOOT_TIMEOUT = 30.0  # seconds from spawn to "ready" before SIGKILL
+DEFAULT_WORKER_COMMAND = (sys.executable, "-m", "wildboar.worker")
+
+# systemd's FileDescriptorName= allows more, but names travel in logs and in the control channel.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """One ``--listen`` value: a socket name and the IP literal and port to bind."""
+
+    name: str
+    host: str
+    port: int
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def display(self) -> str:
+        host = f"[{self.host}]" if self.family == socket.AF_INET6 else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Options:
+    listen: tuple[ListenSpec, ...]
+    workers: int
+    user: str
+    group: str
+    drain_timeout: float
+    heartbeat_timeout: float
+    boot_timeout: float
+    worker_command: tuple[str, ...]
+
+
+def _split_host_port(address: str) -> tuple[str, str]:
+    if address.startswith("["):
+        host, bracket, port = address[1:].partition("]:")
+        if not bracket:
+            raise ValueError("an IPv6 address is written [ADDRESS]:PORT")
+        return host, port
+    host, colon, port = address.rpartition(":")
+    if not colon or ":" in host:
+        raise ValueError("expected HOST:PORT, with an IPv6 host in brackets")
+    return host, port
+
+
+def _check_host(host: str, bracketed: bool) -> str:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if (address.version == 6) != bracketed:
+        raise ValueError("an IPv6 address goes in brackets, an IPv4 address does not")
+    return host  # as written: it is what the operator recognises in an error message
+
+
+def parse_listen(value: str) -> ListenSpec:
+    """``[NAME=]HOST:PORT``; raises ``ValueError`` with the reason."""
+    name, equals, address = value.partition("=")
+    if not equals:
+        name, address = DEFAULT_LISTEN_NAME, value
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"bad socket name {name!r}")
+    host, port = _split_host_port(address)
+    if not _PORT.fullmatch(port) or int(port) > 65535:
+        raise ValueError(f"bad port {port!r}")
+    return ListenSpec(name, _check_host(host, address.startswith("[")), int(port))
+
+
+def _listen_arg(value: str) -> ListenSpec:
+    try:
+        return parse_listen(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"bad value {value!r}: {error}") from None
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
+    return int(value)
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("nan")
+
+
+def _seconds(value: str) -> float:
+    if not 0 < _float(value) <= 86400:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds > 0")
+    return _float(value)
+
+
+def _drain_seconds(value: str) -> float:
+    if not 0 <= _float(value) <= 86400:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
+    return _float(value)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is a ``StartupError`` (one line, exit 1), not usage + exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise StartupError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, usage="%(prog)s [options] [-- WORKER_COMMAND...]")
+    add = parser.add_argument
+    add(
+        "--listen",
+        type=_listen_arg,
+        action="append",
+        default=[],
+        metavar="[NAME=]HOST:PORT",
+        help="bind this (repeatable; IPv6 in brackets; ignored under socket activation)",
+    )
+    add(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="worker processes (default: CPU count)",
+    )
+    add("--user", default=DEFAULT_USER, help="user to run as when started as root")
+    add("--group", default=DEFAULT_GROUP, help="group to run as when started as root")
+    add(
+        "--drain-timeout",
+        type=_drain_seconds,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        metavar="S",
+        help="seconds sessions may take to finish on stop (default 30)",
+    )
+    add(
+        "--heartbeat-timeout",
+        type=_seconds,
+        default=DEFAULT_HEARTBEAT_TIMEOUT,
+        metavar="S",
+        help="kill a worker silent this long (default 10)",
+    )
+    add(
+        "--boot-timeout",
+        type=_seconds,
+        default=DEFAULT_BOOT_TIMEOUT,
+        metavar="S",
+        help="kill a worker not ready after this long (default 30)",
+    )
+    return parser
+
+
+def _split_command(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
+    if "--" not in argv:
+        return list(argv), DEFAULT_WORKER_COMMAND
+    cut = list(argv).index("--")
+    command = tuple(argv[cut + 1 :])
+    if not command:
+        raise StartupError("empty worker command after --")
+    return list(argv[:cut]), command
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    flags, command = _split_command(argv)
+    args = _parser().parse_args(flags)
+    return Options(
+        listen=tuple(args.listen),
+        workers=args.workers,
+        user=args.user,
+        group=args.group,
+        drain_timeout=args.drain_timeout,
+        heartbeat_timeout=args.heartbeat_timeout,
+        boot_timeout=args.boot_timeout,
+        worker_command=command,
+    )

@@ -1,0 +1,638 @@
+"""The handoff interface, the spool handoff and ``wildboar spool``, on real filesystems.
+
+No mocks: files are written to ``tmp_path``; a full disk and a read-only disk are real
+tmpfs mounts (the tests need root, as in CI); the CLI runs as a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+import uvloop
+
+from wildboar import message as M
+from wildboar import smtp
+from wildboar.handoff import (
+    DELIVERED,
+    INSUFFICIENT_STORAGE,
+    LOCAL_PROBLEM,
+    BadMessageId,
+    Delivery,
+    DiscardHandoff,
+    HandoffStartError,
+    NoSuchMessage,
+    Spool,
+    SpoolError,
+    SpoolHandoff,
+    combine,
+    failed,
+    local_failure,
+)
+
+T = TypeVar("T")
+NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
+PERMANENT = smtp.Reply(554, "5.0.0", "Refused")
+OTHER_TEMPORARY = smtp.Reply(421, "4.3.2", "Going down")
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a uvloop event loop, as the worker does."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def make_message(
+    sender: str = "alice@example.org",
+    to: tuple[str, ...] = ("bob@example.net",),
+    content: bytes = b"Subject: hello\r\n\r\nHello, Bob.\r\n",
+) -> M.Message:
+    """A record built the way the worker builds one (see ``wildboar.cli.Replay.accept``)."""
+    envelope = smtp.Envelope(
+        helo="client.example.com",
+        protocol="ESMTP",
+        sender=sender,
+        mail=smtp.MailParams(body="8BITMIME"),
+        recipients=tuple(smtp.Recipient(address) for address in to),
+        size=len(content),
+        chunked=False,
+    )
+    message_id = M.new_urn()
+    received = smtp.received_header(
+        envelope,
+        by="mx.example.org",
+        client_address="192.0.2.10",
+        when=NOW,
+        id=message_id.removeprefix("urn:uuid:"),
+    )
+    return M.Message(
+        server=M.Server(id=M.new_urn(), creation_time=NOW, hostname="mx.example.org"),
+        connection=M.Connection(
+            id=M.new_urn(),
+            creation_time=NOW,
+            remote=M.Remote(family="ipv4", address="192.0.2.10", port=49152),
+            local=M.Local(address="127.0.0.1", port=2525),
+        ),
+        transaction=M.Transaction(
+            id=M.new_urn(), creation_time=NOW, helo_name="client.example.com", protocol="ESMTP"
+        ),
+        email=M.build_email(
+            envelope, id=message_id, creation_time=NOW, received=received, content=content
+        ),
+    )
+
+
+def uuid_of(message: M.Message) -> str:
+    return message.email.id.removeprefix("urn:uuid:")
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+async def spool_messages(
+    path: Path, messages: list[M.Message], batch: int = 64
+) -> tuple[list[Delivery], SpoolHandoff]:
+    """Start a spool handoff at ``path``, deliver ``messages`` concurrently, close it."""
+    handoff = SpoolHandoff(path, batch)
+    await handoff.start()
+    outcomes = await asyncio.gather(*(handoff.deliver(m) for m in messages))
+    await handoff.close()
+    return list(outcomes), handoff
+
+
+async def deliver_without_start(path: Path, messages: list[M.Message]) -> list[Delivery]:
+    """Deliver concurrently without start() (whose probe would fail on a full disk)."""
+    handoff = SpoolHandoff(path)
+    outcomes = await asyncio.gather(*(handoff.deliver(m) for m in messages))
+    await handoff.close()
+    return list(outcomes)
+
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 256 KiB tmpfs, this test's own, unmounted afterwards."""
+    mountpoint = tmp_path / "fs"
+    mountpoint.mkdir()
+    mount("-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mountpoint))
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write into ``directory`` until its filesystem is full."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as handle, pytest.raises(OSError) as raised:
+        while True:
+            handle.write(b"\0" * 4096)
+    assert raised.value.errno == errno.ENOSPC
+    return filler
+
+
+# --- Delivery and combine ---------------------------------------------------------------
+
+
+def test_delivery_needs_a_failure_reply_when_not_ok() -> None:
+    with pytest.raises(ValueError, match="4xx or 5xx"):
+        Delivery(ok=False)
+    with pytest.raises(ValueError, match="4xx or 5xx"):
+        Delivery(ok=False, reply=smtp.Reply(250, "2.0.0", "Ok"))
+    with pytest.raises(ValueError, match="cannot carry"):
+        Delivery(ok=True, reply=LOCAL_PROBLEM)
+    assert Delivery(ok=True, reply=smtp.Reply(250, "2.0.0", "Ok")).ok
+
+
+def test_combine_is_ok_only_if_all_are_ok() -> None:
+    assert combine([DELIVERED]) == DELIVERED
+    assert (
+        combine([DELIVERED, Delivery(ok=True, reply=smtp.Reply(250, "2.0.0", "Ok"))]) == DELIVERED
+    )
+
+
+def test_combine_prefers_the_first_temporary_failure() -> None:
+    outcomes = [DELIVERED, failed(PERMANENT), failed(LOCAL_PROBLEM), failed(OTHER_TEMPORARY)]
+    assert combine(outcomes) == failed(LOCAL_PROBLEM)
+
+
+def test_combine_gives_the_permanent_failure_when_none_is_temporary() -> None:
+    per_recipient = Delivery(ok=False, reply=PERMANENT, recipients=(PERMANENT, None))
+    assert combine([DELIVERED, per_recipient]) == failed(PERMANENT)
+
+
+def test_combine_of_nothing_is_an_error_not_a_250() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        combine([])
+
+
+@pytest.mark.parametrize(
+    ("code", "reply"),
+    [
+        (errno.ENOSPC, INSUFFICIENT_STORAGE),
+        (errno.EDQUOT, INSUFFICIENT_STORAGE),
+        (errno.EIO, LOCAL_PROBLEM),
+        (errno.EROFS, LOCAL_PROBLEM),
+    ],
+)
+def test_local_failures_map_to_4xx(code: int, reply: smtp.Reply) -> None:
+    assert local_failure(OSError(code, os.strerror(code))) == failed(reply)
+    assert (INSUFFICIENT_STORAGE.code, INSUFFICIENT_STORAGE.status) == (452, "4.3.1")
+    assert (LOCAL_PROBLEM.code, LOCAL_PROBLEM.status) == (451, "4.3.0")
+
+
+# --- the spool handoff -----------------------------------------------------------------
+
+
+def test_a_delivered_message_round_trips_through_its_file(tmp_path: Path) -> None:
+    message = make_message(content=b"Subject: \xc3\xa9t\xc3\xa9\r\n\r\n\x00\xff binary\r\n")
+    [outcome], _ = run(spool_messages(tmp_path, [message]))
+    assert outcome == DELIVERED
+    name = f"{uuid_of(message)}.msgpack"
+    assert files(tmp_path / "msg") == [name]
+    assert files(tmp_path / "tmp") == []
+    assert (tmp_path / "msg" / name).stat().st_mode & 0o777 == 0o600
+    assert M.decode((tmp_path / "msg" / name).read_bytes(), M.CONTENT_TYPE_MSGPACK) == message
+    spool = Spool(tmp_path)
+    assert spool.load(message.email.id) == message
+    assert spool.load(uuid_of(message).upper()) == message
+
+
+def test_start_creates_the_layout_with_missing_parents(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "spool"
+    run(SpoolHandoff(path).start())
+    assert files(path) == ["msg", "tmp"]
+    assert (path / "msg").stat().st_mode & 0o777 == 0o700
+    assert files(path / "msg") == []
+    assert files(path / "tmp") == []
+
+
+def test_200_concurrent_deliveries_share_group_commits(tmp_path: Path) -> None:
+    messages = [make_message(sender=f"s{i}@example.org") for i in range(200)]
+    outcomes, handoff = run(spool_messages(tmp_path, messages, batch=64))
+    assert outcomes == [DELIVERED] * 200
+    assert len(files(tmp_path / "msg")) == 200
+    assert files(tmp_path / "tmp") == []
+    stats = handoff.statistics()
+    assert stats.messages == 200
+    assert stats.queued == 0
+    assert 200 / 64 <= stats.commits < stats.messages
+    spool = Spool(tmp_path)
+    assert all(spool.load(m.email.id) == m for m in messages)
+
+
+def test_batch_bounds_a_group_commit(tmp_path: Path) -> None:
+    messages = [make_message() for _ in range(10)]
+    outcomes, handoff = run(spool_messages(tmp_path, messages, batch=1))
+    assert outcomes == [DELIVERED] * 10
+    assert (handoff.statistics().commits, handoff.statistics().messages) == (10, 10)
+
+
+def test_deliveries_arriving_during_a_commit_form_the_next_batch(tmp_path: Path) -> None:
+    async def waves() -> tuple[list[Delivery], SpoolHandoff]:
+        handoff = SpoolHandoff(tmp_path, batch=64)
+        await handoff.start()
+        first = [asyncio.create_task(handoff.deliver(make_message())) for _ in range(5)]
+        await asyncio.sleep(0)  # the committer has taken the first wave into its thread
+        second = [asyncio.create_task(handoff.deliver(make_message())) for _ in range(7)]
+        outcomes = await asyncio.gather(*first, *second)
+        await handoff.close()
+        return list(outcomes), handoff
+
+    outcomes, handoff = run(waves())
+    assert outcomes == [DELIVERED] * 12
+    stats = handoff.statistics()
+    assert (stats.commits, stats.messages) == (2, 12)
+
+
+def test_close_commits_what_is_queued_then_refuses(tmp_path: Path) -> None:
+    async def close_early() -> tuple[list[Delivery], Delivery]:
+        handoff = SpoolHandoff(tmp_path)
+        await handoff.start()
+        queued = [asyncio.create_task(handoff.deliver(make_message())) for _ in range(3)]
+        await asyncio.sleep(0)
+        await handoff.close()
+        late = await handoff.deliver(make_message())
+        return list(await asyncio.gather(*queued)), late
+
+    queued, late = run(close_early())
+    assert queued == [DELIVERED] * 3
+    assert late == failed(LOCAL_PROBLEM)
+    assert len(files(tmp_path / "msg")) == 3
+
+
+def test_a_cancelled_delivery_still_waiting_is_not_written(tmp_path: Path) -> None:
+    async def cancel_one() -> list[Delivery]:
+        handoff = SpoolHandoff(tmp_path)
+        await handoff.start()
+        tasks = [asyncio.create_task(handoff.deliver(make_message())) for _ in range(3)]
+        await asyncio.sleep(0)  # all three are queued, the committer not yet run
+        tasks[1].cancel()
+        done = [await tasks[0], await tasks[2]]
+        await handoff.close()
+        return done
+
+    assert run(cancel_one()) == [DELIVERED, DELIVERED]
+    assert len(files(tmp_path / "msg")) == 2
+
+
+def test_a_malformed_message_id_is_the_callers_bug(tmp_path: Path) -> None:
+    message = make_message()
+    bad = msgspec.structs.replace(
+        message, email=msgspec.structs.replace(message.email, id="urn:uuid:../../etc/passwd")
+    )
+    with pytest.raises(ValueError, match="not a message id"):
+        run(spool_messages(tmp_path, [bad]))
+    assert files(tmp_path / "msg") == []
+
+
+def test_a_failed_rename_gives_451_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    blocked, fine = make_message(), make_message()
+    run(SpoolHandoff(tmp_path).start())
+    (tmp_path / "msg" / f"{uuid_of(blocked)}.msgpack").mkdir()  # rename(2) onto it: EISDIR
+    outcomes, _ = run(spool_messages(tmp_path, [blocked, fine]))
+    assert outcomes == [failed(LOCAL_PROBLEM), DELIVERED]
+    assert files(tmp_path / "tmp") == []
+    assert Spool(tmp_path).load(fine.email.id) == fine
+
+
+def test_deliver_without_a_spool_directory_gives_451(tmp_path: Path) -> None:
+    outcomes = run(deliver_without_start(tmp_path / "missing", [make_message()]))
+    assert outcomes == [failed(LOCAL_PROBLEM)]
+
+
+def test_start_fails_when_the_spool_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / "file" / "spool"
+    with pytest.raises(HandoffStartError) as raised:
+        run(SpoolHandoff(path).start())
+    assert str(path) in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_start_removes_stale_temp_files_only(tmp_path: Path) -> None:
+    run(SpoolHandoff(tmp_path).start())
+    stale, fresh = tmp_path / "tmp" / "stale.1.tmp", tmp_path / "tmp" / "fresh.2.tmp"
+    stale.write_bytes(b"half a mess")
+    fresh.write_bytes(b"being written")
+    os.utime(stale, (0, 0))
+    run(SpoolHandoff(tmp_path).start())
+    assert files(tmp_path / "tmp") == ["fresh.2.tmp"]
+
+
+def test_disk_full_gives_452_and_leaves_no_temp_file(tmpfs: Path) -> None:
+    spool = tmpfs / "spool"
+    first = make_message()
+    assert run(spool_messages(spool, [first]))[0] == [DELIVERED]
+    filler = fill(tmpfs)
+    more = [make_message() for _ in range(5)]
+    outcomes = run(deliver_without_start(spool, more))
+    assert outcomes == [failed(INSUFFICIENT_STORAGE)] * 5
+    assert outcomes[0].reply is not None
+    assert outcomes[0].reply.to_bytes() == b"452 4.3.1 Insufficient system storage\r\n"
+    assert files(spool / "tmp") == []
+    assert files(spool / "msg") == [f"{uuid_of(first)}.msgpack"]
+    filler.unlink()
+    assert run(spool_messages(spool, more))[0] == [DELIVERED] * 5
+
+
+def test_start_on_a_full_disk_fails(tmpfs: Path) -> None:
+    run(SpoolHandoff(tmpfs / "spool").start())
+    fill(tmpfs)
+    with pytest.raises(HandoffStartError, match="No space left on device"):
+        run(SpoolHandoff(tmpfs / "spool").start())
+
+
+def test_read_only_spool_refuses_start_and_gives_451(tmpfs: Path) -> None:
+    spool = tmpfs / "spool"
+
+    async def scenario() -> tuple[Delivery, Delivery, str]:
+        handoff = SpoolHandoff(spool)
+        await handoff.start()
+        before = await handoff.deliver(make_message())
+        mount("-o", "remount,ro", str(tmpfs))
+        after = await handoff.deliver(make_message())
+        with pytest.raises(HandoffStartError) as raised:
+            await SpoolHandoff(spool).start()
+        await handoff.close()
+        return before, after, str(raised.value)
+
+    before, after, reason = run(scenario())
+    assert before == DELIVERED
+    assert after == failed(LOCAL_PROBLEM)
+    assert after.reply is not None
+    assert after.reply.to_bytes() == b"451 4.3.0 Temporary local problem, try again later\r\n"
+    assert str(spool) in reason
+    assert "Read-only file system" in reason
+    assert len(files(spool / "msg")) == 1
+    assert files(spool / "tmp") == []
+
+
+def test_tmp_and_msg_on_different_filesystems_refuse_start(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    run(SpoolHandoff(spool).start())
+    mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(spool / "tmp"))
+    try:
+        with pytest.raises(HandoffStartError, match="different filesystems"):
+            run(SpoolHandoff(spool).start())
+    finally:
+        subprocess.run(["umount", str(spool / "tmp")], check=True)
+
+
+# --- the discard handoff ---------------------------------------------------------------
+
+
+def test_discard_warns_and_keeps_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    handoff = DiscardHandoff()
+
+    async def use() -> Delivery:
+        await handoff.start()
+        outcome = await handoff.deliver(make_message())
+        await handoff.close()
+        return outcome
+
+    with caplog.at_level(logging.WARNING, logger="wildboar.handoff"):
+        assert run(use()) == DELIVERED
+    [record] = caplog.records
+    assert record.name == "wildboar.handoff"
+    assert record.levelno == logging.WARNING
+    assert "thrown away" in record.getMessage()
+    assert handoff.name == "discard"
+    assert handoff.discarded == 1
+
+
+# --- the reader ------------------------------------------------------------------------
+
+
+def spool_at(path: Path, messages: list[M.Message], mtimes: list[float]) -> None:
+    """Deliver ``messages`` for real, then give their files the ``mtimes``."""
+    outcomes, _ = run(spool_messages(path, messages))
+    assert outcomes == [DELIVERED] * len(messages)
+    for message, mtime in zip(messages, mtimes, strict=True):
+        os.utime(path / "msg" / f"{uuid_of(message)}.msgpack", (mtime, mtime))
+
+
+def test_list_is_oldest_first_with_envelope_and_size(tmp_path: Path) -> None:
+    old = make_message(sender="old@example.org", to=("a@example.net", "b@example.net"))
+    new = make_message(sender="", to=("c@example.net",))
+    spool_at(tmp_path, [new, old], [2_000_000_000.0, 1_000_000_000.0])
+    (tmp_path / "tmp" / "crashed.1.tmp").write_bytes(b"partial")
+    spool = Spool(tmp_path)
+    first, second = spool.list()
+    assert (first.id, first.mtime, first.sender, first.to) == (
+        old.email.id,
+        1_000_000_000.0,
+        "old@example.org",
+        ("a@example.net", "b@example.net"),
+    )
+    assert first.size == (tmp_path / "msg" / f"{uuid_of(old)}.msgpack").stat().st_size
+    assert (second.id, second.sender, second.to) == (new.email.id, "", ("c@example.net",))
+    assert spool.count() == 2
+
+
+def test_remove_and_unknown_or_bad_ids(tmp_path: Path) -> None:
+    message = make_message()
+    spool_at(tmp_path, [message], [1_000_000_000.0])
+    spool = Spool(tmp_path)
+    spool.remove(uuid_of(message))
+    assert spool.count() == 0
+    with pytest.raises(KeyError) as unknown:
+        spool.load(message.email.id)
+    assert str(unknown.value) == f"no message {message.email.id} in spool {tmp_path}"
+    with pytest.raises(NoSuchMessage):
+        spool.remove(message.email.id)
+    with pytest.raises(ValueError, match="not a message id"):
+        spool.load("../msg/x")
+    with pytest.raises(BadMessageId):
+        spool.load("urn:uuid:1234")
+
+
+def test_temp_files_are_never_listed_and_clean_tmp_removes_old_ones(tmp_path: Path) -> None:
+    message = make_message()
+    run(SpoolHandoff(tmp_path).start())
+    crashed = tmp_path / "tmp" / f"{uuid_of(message)}.99.tmp"
+    crashed.write_bytes(M.encode(message, M.CONTENT_TYPE_MSGPACK)[:100])
+    spool = Spool(tmp_path)
+    assert (spool.list(), spool.count()) == ([], 0)
+    assert spool.clean_tmp(older_than=3600) == 0
+    os.utime(crashed, (0, 0))
+    assert spool.clean_tmp(older_than=3600) == 1
+    assert files(tmp_path / "tmp") == []
+
+
+def test_a_corrupt_file_is_named_not_skipped(tmp_path: Path) -> None:
+    run(SpoolHandoff(tmp_path).start())
+    uuid = M.new_urn().removeprefix("urn:uuid:")
+    (tmp_path / "msg" / f"{uuid}.msgpack").write_bytes(b"\xc1 not msgpack")
+    spool = Spool(tmp_path)
+    with pytest.raises(SpoolError, match=f"{uuid}.msgpack: not a valid message record"):
+        spool.list()
+    with pytest.raises(SpoolError, match="not a valid message record"):
+        spool.load(uuid)
+
+
+def test_a_directory_without_msg_is_not_a_spool(tmp_path: Path) -> None:
+    with pytest.raises(SpoolError, match="is not a spool"):
+        Spool(tmp_path)
+
+
+# --- wildboar spool -------------------------------------------------------------------
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``python -m wildboar.spool_cli spool ARGS`` in a child process."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WILDBOAR_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "wildboar.spool_cli", "spool", *args],
+        capture_output="stdout" not in kwargs,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+        **kwargs,
+    )
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], *parts: str) -> None:
+    assert result.returncode == 1
+    assert result.stdout in ("", None)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("wildboar spool: ")
+    for part in parts:
+        assert part in lines[0]
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> tuple[Path, list[M.Message]]:
+    """A spool with three messages, committed in a known order: b, c, a."""
+    path = tmp_path / "spool"
+    a = make_message(sender="a@example.org", to=("x@example.net", "y@example.net"))
+    b = make_message(sender="", to=("bounce@example.org",))
+    c = make_message(sender="c\x1b[31m@example.org")  # a terminal escape from the Internet
+    spool_at(path, [a, b, c], [1_700_000_300.0, 1_700_000_100.0, 1_700_000_200.0])
+    return path, [b, c, a]
+
+
+def test_cli_ls(three: tuple[Path, list[M.Message]]) -> None:
+    path, ordered = three
+    result = cli("ls", "--spool", str(path))
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [m.email.id for m in ordered]
+    assert lines[0].split()[1] == "2023-11-14T22:15:00Z"
+    size = (path / "msg" / f"{uuid_of(ordered[0])}.msgpack").stat().st_size
+    assert lines[0].split()[2] == str(size)
+    assert lines[0].endswith("  <> -> bounce@example.org")
+    assert lines[1].endswith("  c\\x1b[31m@example.org -> bob@example.net")
+    assert lines[2].endswith("  a@example.org -> x@example.net,y@example.net")
+
+
+def test_cli_count(three: tuple[Path, list[M.Message]]) -> None:
+    path, _ = three
+    assert cli("count", "--spool", str(path)).stdout == "3\n"
+
+
+def test_cli_show_prints_the_wire_form_indented(three: tuple[Path, list[M.Message]]) -> None:
+    path, ordered = three
+    for message_id in (ordered[2].email.id, uuid_of(ordered[2])):
+        result = cli("show", message_id, "--spool", str(path))
+        assert (result.returncode, result.stderr) == (0, "")
+        assert result.stdout.startswith('{\n  "version": 1,\n')
+        assert M.decode(result.stdout.encode()) == ordered[2]
+        data = json.loads(result.stdout)["email"]["data"]
+        assert base64.b64decode(data, validate=True) == ordered[2].email.data
+
+
+def test_cli_drain_prints_lines_in_time_order_and_empties_the_spool(
+    three: tuple[Path, list[M.Message]], tmp_path: Path
+) -> None:
+    path, ordered = three
+    out = tmp_path / "drained.jsonl"
+    with open(out, "w") as handle:
+        result = cli("drain", "--spool", str(path), stdout=handle, stderr=subprocess.PIPE)
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = out.read_bytes().splitlines()
+    assert [M.decode(line) for line in lines] == ordered
+    assert files(path / "msg") == []
+    assert cli("count", "--spool", str(path)).stdout == "0\n"
+    assert cli("drain", "--spool", str(path)).returncode == 0
+
+
+def test_cli_drain_keeps_messages_when_stdout_is_gone(
+    three: tuple[Path, list[M.Message]],
+) -> None:
+    path, _ = three
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = cli("drain", "--spool", str(path), stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    assert_one_error_line(result, "stdout", "Broken pipe", "stays in the spool")
+    assert cli("count", "--spool", str(path)).stdout == "3\n"
+
+
+def test_cli_default_spool_comes_from_the_configuration(
+    three: tuple[Path, list[M.Message]], tmp_path: Path
+) -> None:
+    path, _ = three
+    config = tmp_path / "wildboar.toml"
+    config.write_text(f"[spool]\npath = {json.dumps(str(path))}\n")
+    assert cli("count", env={"WILDBOAR_CONFIG": str(config)}).stdout == "3\n"
+    assert cli("count", env={"WILDBOAR_SPOOL": str(path)}).stdout == "3\n"
+
+
+def test_cli_configuration_errors_are_one_line_each(tmp_path: Path) -> None:
+    result = cli("ls", env={"WILDBOAR_SPOOL_BATCH": "0", "WILDBOAR_WORKERS": "many"})
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert all(line.startswith("wildboar spool: configuration: ") for line in lines)
+    assert any("spool.batch" in line for line in lines)
+    assert any("workers" in line for line in lines)
+
+
+@pytest.mark.parametrize("command", ["ls", "count", "drain", "show"])
+def test_cli_missing_spool_is_one_line(tmp_path: Path, command: str) -> None:
+    missing = tmp_path / "nowhere"
+    args = [command, M.new_urn()] if command == "show" else [command]
+    result = cli(*args, "--spool", str(missing))
+    assert_one_error_line(result, str(missing), "is not a spool")
+
+
+def test_cli_show_unknown_and_bad_ids(three: tuple[Path, list[M.Message]]) -> None:
+    path, _ = three
+    unknown = M.new_urn()
+    assert_one_error_line(cli("show", unknown, "--spool", str(path)), f"no message {unknown}")
+    assert_one_error_line(cli("show", "nonsense", "--spool", str(path)), "not a message id")
+
+
+def test_cli_corrupt_file_is_one_line(three: tuple[Path, list[M.Message]]) -> None:
+    path, _ = three
+    uuid = M.new_urn().removeprefix("urn:uuid:")
+    (path / "msg" / f"{uuid}.msgpack").write_bytes(b"garbage")
+    assert_one_error_line(cli("ls", "--spool", str(path)), uuid, "not a valid message record")

@@ -1,0 +1,236 @@
+"""A minimal but genuine worker of the supervisor's control channel, for the supervisor's tests.
+
+It stands in for ``wildboar.worker`` only until the supervisor is integrated with it; then the
+supervisor's tests should also run against ``python -m wildboar.worker``. It speaks the
+contract of docs/architecture.md ("Supervisor and workers: the control channel"): it takes
+``--control-fd N``, receives the ``sockets`` message with the listening sockets (SCM_RIGHTS),
+accepts TCP connections on them and writes ``220 echo <pid>\\r\\n`` to each, then closes it;
+it sends ``ready`` and a ``heartbeat`` every second; on ``drain`` (or end of file on the
+channel, or SIGTERM) it sends ``stopping``, stops accepting, lets open connections finish for
+up to the deadline, writes ``421 4.3.2`` to what is left and exits 0. SIGINT is ignored (the
+supervisor decides). Standard library only, no ``wildboar`` import.
+
+Behaviour the tests ask for, through the environment:
+    ECHO_WORKER_BOOT_EXIT=N        exit with status N after receiving the sockets, before ready
+    ECHO_WORKER_BOOT_EXIT_IF=PATH  exit with status 3 before ready, if PATH exists
+    ECHO_WORKER_NO_READY=1         never send ready (but keep running)
+    ECHO_WORKER_SILENT_ONCE=PATH   the first worker to create PATH sends no heartbeat, ever
+    ECHO_WORKER_CRASH_AFTER=N      exit with status 70 after serving N connections
+    ECHO_WORKER_HOLD=S             keep each connection open S seconds after the banner, then
+                                   write ``221 2.0.0 done <pid>`` and close
+    ECHO_WORKER_IGNORE_DRAIN=1     answer drain with stopping, then carry on serving
+    ECHO_WORKER_HEARTBEAT=S        seconds between heartbeats (default 1)
+    ECHO_WORKER_GARBAGE=1          after ready, send messages that break the contract
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+MAX_MESSAGE = 65536
+GARBAGE = (
+    b"not json",
+    b"[1, 2]",
+    b'{"type": "nonsense"}',
+    b'{"type": "heartbeat", "sessions": -1, "messages": 0}',
+    b'{"type": "heartbeat", "sessions": true, "messages": 0}',
+    b'{"type": "ready"}',
+    b'{"type": "heartbeat", "sessions": 0, "messages": 0, "padding": "' + b"x" * 70000 + b'"}',
+)
+EOF_DRAIN_DEADLINE = 10.0
+
+
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def say(event: str, **fields: object) -> None:
+    record = {"event": f"echo_{event}", "pid": os.getpid(), **fields}
+    os.write(2, (json.dumps(record) + "\n").encode())
+
+
+class EchoWorker:
+    def __init__(self, control: socket.socket, listeners: list[socket.socket]) -> None:
+        self.control = control
+        self.listeners = listeners
+        self.selector = selectors.DefaultSelector()
+        self.sessions: dict[socket.socket, float] = {}
+        self.served = 0
+        self.hold = env_float("ECHO_WORKER_HOLD", 0.0)
+        self.crash_after = int(os.environ.get("ECHO_WORKER_CRASH_AFTER", "0"))
+        self.interval = env_float("ECHO_WORKER_HEARTBEAT", 1.0)
+        self.silent = self._silent_once()
+        self.drain_until: float | None = None
+        self.stopping = False
+        self.next_heartbeat = 0.0
+        self.terminated = False
+
+    @staticmethod
+    def _silent_once() -> bool:
+        path = os.environ.get("ECHO_WORKER_SILENT_ONCE")
+        if not path:
+            return False
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return False
+        return True
+
+    def send(self, message: dict[str, object]) -> None:
+        with contextlib.suppress(OSError):
+            self.control.send(json.dumps(message).encode())
+
+    def start(self) -> None:
+        for sock in self.listeners:
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, "listener")
+        self.control.setblocking(False)
+        self.selector.register(self.control, selectors.EVENT_READ, "control")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_term)
+        if os.environ.get("ECHO_WORKER_NO_READY") != "1":
+            self.send({"type": "ready", "pid": os.getpid()})
+            say("ready", silent=self.silent)
+        if os.environ.get("ECHO_WORKER_GARBAGE") == "1":
+            self.send_garbage()
+
+    def send_garbage(self) -> None:
+        for junk in GARBAGE:
+            with contextlib.suppress(OSError):
+                self.control.send(junk)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.terminated = True
+
+    # --- serving --------------------------------------------------------------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker won the race for this connection
+        conn.sendall(f"220 echo {os.getpid()}\r\n".encode())
+        self.sessions[conn] = time.monotonic() + self.hold
+        if self.hold <= 0:
+            self.finish(conn, None)
+
+    def finish(self, conn: socket.socket, reply: str | None) -> None:
+        del self.sessions[conn]
+        try:
+            if reply:
+                conn.sendall(reply.encode())
+            conn.close()
+        except OSError:
+            pass
+        self.served += 1
+        if self.crash_after and self.served >= self.crash_after:
+            say("crash", served=self.served)
+            os._exit(70)
+
+    def finish_due(self, now: float) -> None:
+        for conn, due in list(self.sessions.items()):
+            if now >= due:
+                self.finish(conn, f"221 2.0.0 done {os.getpid()}\r\n")
+
+    # --- control --------------------------------------------------------------------------
+
+    def on_control(self) -> None:
+        try:
+            data = self.control.recv(MAX_MESSAGE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.selector.unregister(self.control)
+            self.begin_drain(EOF_DRAIN_DEADLINE)
+            return
+        message = json.loads(data)
+        if message.get("type") == "drain":
+            self.begin_drain(float(message["deadline"]))
+
+    def begin_drain(self, deadline: float) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.send({"type": "stopping"})
+        say("draining", deadline=deadline, sessions=len(self.sessions))
+        if os.environ.get("ECHO_WORKER_IGNORE_DRAIN") == "1":
+            return
+        for sock in self.listeners:
+            self.selector.unregister(sock)
+            sock.close()
+        self.listeners = []
+        self.drain_until = time.monotonic() + deadline
+
+    def drained(self, now: float) -> bool:
+        if self.drain_until is None:
+            return False
+        if now >= self.drain_until:
+            for conn in list(self.sessions):
+                self.finish(conn, "421 4.3.2 Service shutting down\r\n")
+        return not self.sessions
+
+    def heartbeat(self, now: float) -> None:
+        if self.silent or now < self.next_heartbeat:
+            return
+        self.next_heartbeat = now + self.interval
+        self.send({"type": "heartbeat", "sessions": len(self.sessions), "messages": self.served})
+
+    def run(self) -> int:
+        self.start()
+        while True:
+            for key, _ in self.selector.select(0.05):
+                if key.data == "listener":
+                    listener = key.fileobj
+                    # (a drain earlier in this batch may have closed it)
+                    if isinstance(listener, socket.socket) and listener in self.listeners:
+                        self.accept(listener)
+                else:
+                    self.on_control()
+            now = time.monotonic()
+            if self.terminated:
+                self.begin_drain(EOF_DRAIN_DEADLINE)
+            self.finish_due(now)
+            if self.drained(now):
+                say("exit", served=self.served)
+                return 0
+            self.heartbeat(now)
+
+
+def receive_sockets(control: socket.socket) -> list[socket.socket]:
+    control.settimeout(10)
+    data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 64)
+    message = json.loads(data)
+    if message.get("type") != "sockets" or len(message["names"]) != len(fds) or not fds:
+        raise SystemExit(f"echo_worker: bad first message {message!r} with {len(fds)} fds")
+    return [socket.socket(fileno=fd) for fd in fds]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="echo_worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args()
+    control = socket.socket(fileno=args.control_fd)
+    listeners = receive_sockets(control)
+    boot_exit = os.environ.get("ECHO_WORKER_BOOT_EXIT")
+    if boot_exit:
+        say("boot_exit", status=int(boot_exit))
+        return int(boot_exit)
+    flag = os.environ.get("ECHO_WORKER_BOOT_EXIT_IF")
+    if flag and os.path.exists(flag):
+        say("boot_exit", status=3)
+        return 3
+    return EchoWorker(control, listeners).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Workers that die, hang or cannot boot: restart with back-off, kill, or halt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import RUN_AS, Supervisor, banner, banner_pid
+
+
+def start(supervisors: Callable[..., Supervisor], *flags: str, **env: str) -> Supervisor:
+    return supervisors("--listen", "127.0.0.1:0", *RUN_AS, *flags, env=env)
+
+
+def assert_halted(sup: Supervisor, reason: str) -> None:
+    assert sup.wait_exit(15) == 1
+    halted = sup.find("halted")
+    assert len(halted) == 1, sup.output()
+    assert reason in halted[0]["reason"], halted
+    assert halted[0]["level"] == "error"
+    assert "Traceback" not in sup.output()
+    assert not sup.live_workers()
+
+
+def test_worker_killed_with_sigkill_is_replaced(supervisors: Callable[..., Supervisor]) -> None:
+    sup = start(supervisors, "--workers", "1")
+    port = sup.port()
+    (old,) = sup.wait_serving(1)
+    assert banner_pid(banner(port)) == old
+    os.kill(old, signal.SIGKILL)
+    exited = sup.wait_event("worker_exited", pid=old)
+    assert exited["status"] == "signal SIGKILL" and exited["level"] == "warning"
+    assert sup.wait_event("worker_restart_scheduled")["delay"] == 0.1
+    (new,) = sup.wait_serving(1)
+    assert new != old
+    assert banner_pid(banner(port)) == new
+    assert sup.process.poll() is None
+
+
+def test_crashing_worker_restarts_with_growing_back_off(
+    supervisors: Callable[..., Supervisor],
+) -> None:
+    sup = start(supervisors, "--workers", "1", ECHO_WORKER_CRASH_AFTER="1")
+    port = sup.port()
+    served = []
+    for _ in range(3):
+        sup.wait_serving(1)
+        served.append(banner_pid(banner(port)))
+        sup.wait_event("worker_exited", pid=served[-1])
+    assert len(set(served)) == 3
+    sup.wait_event("worker_restart_scheduled", count=3)
+    delays = [e["delay"] for e in sup.find("worker_restart_scheduled")]
+    assert delays == [0.1, 0.2, 0.4]
+    assert all(e["status"] == "exit 70" for e in sup.find("worker_exited"))
+    assert not sup.find("halted")  # each had been ready: a crash, not a boot failure
+
+
+def test_boot_error_halts_instead_of_restarting(supervisors: Callable[..., Supervisor]) -> None:
+    sup = start(supervisors, "--workers", "2", ECHO_WORKER_BOOT_EXIT="3")
+    assert_halted(sup, "exited with status 3 (WORKER_BOOT_ERROR) before ready")
+    assert len(sup.find("worker_spawned")) <= 2  # never restarted
+    assert sup.find("stopped", status=1)
+
+
+def test_five_deaths_before_ready_in_a_row_halt(supervisors: Callable[..., Supervisor]) -> None:
+    sup = start(supervisors, "--workers", "1", ECHO_WORKER_BOOT_EXIT="70")
+    assert_halted(sup, "5 workers in a row died before ready")
+    assert len(sup.find("worker_spawned")) == 5
+    assert [e["delay"] for e in sup.find("worker_restart_scheduled")] == [0.1, 0.2, 0.4, 0.8]
+
+
+def test_boot_timeout_kills_then_halts(supervisors: Callable[..., Supervisor]) -> None:
+    sup = start(supervisors, "--workers", "1", "--boot-timeout", "0.5", ECHO_WORKER_NO_READY="1")
+    assert_halted(sup, "5 workers in a row died before ready")
+    killed = sup.find("worker_killed")
+    assert len(killed) == 5 and {e["reason"] for e in killed} == {"boot_timeout"}
+
+
+def test_silent_worker_is_killed_and_replaced(
+    supervisors: Callable[..., Supervisor], shared_tmp: Path
+) -> None:
+    flag = shared_tmp / "silent"
+    sup = start(
+        supervisors,
+        "--workers",
+        "2",
+        "--heartbeat-timeout",
+        "1.5",
+        ECHO_WORKER_SILENT_ONCE=str(flag),
+        ECHO_WORKER_HEARTBEAT="0.2",
+    )
+    port = sup.port()
+    first = sup.wait_serving(2)
+    silent = sup.wait_event("echo_ready", silent=True)["pid"]
+    started = time.monotonic()
+    killed = sup.wait_event("worker_killed", timeout=8)
+    assert killed["pid"] == silent and killed["reason"] == "heartbeat_timeout"
+    assert time.monotonic() - started < 4
+    assert sup.wait_event("worker_exited", pid=silent)["status"] == "signal SIGKILL"
+    now = sup.wait_serving(2)
+    assert silent not in now and len(now & first) == 1
+    assert {banner_pid(banner(port)) for _ in range(6)} <= now
+    assert len(sup.find("worker_killed")) == 1  # the heartbeating ones are left alone
+
+
+def test_supervisor_gone_workers_drain_and_exit(supervisors: Callable[..., Supervisor]) -> None:
+    # Contract: end of file on the control channel makes a worker drain and exit.
+    sup = start(supervisors, "--workers", "2")
+    pids = sup.wait_serving(2)
+    sup.process.kill()
+    sup.process.wait(5)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def test_worker_stopping_on_its_own_is_replaced_at_once(
+    supervisors: Callable[..., Supervisor],
+) -> None:
+    sup = start(supervisors, "--workers", "1")
+    port = sup.port()
+    (old,) = sup.wait_serving(1)
+    os.kill(old, signal.SIGTERM)  # someone else told it to stop: it drains and says stopping
+    assert sup.wait_event("worker_stopping", pid=old)["solicited"] is False
+    sup.wait_event("worker_draining", pid=old)
+    (new,) = sup.wait_serving(1)
+    assert new != old
+    assert sup.wait_event("worker_exited", pid=old)["status"] == "exit 0"
+    assert not sup.find("worker_restart_scheduled")  # a replacement, not a crash
+    assert banner_pid(banner(port)) == new
+
+
+def test_messages_that_break_the_contract_are_logged_not_believed(
+    supervisors: Callable[..., Supervisor],
+) -> None:
+    sup = start(supervisors, "--workers", "1", ECHO_WORKER_GARBAGE="1", ECHO_WORKER_HEARTBEAT="0.2")
+    port = sup.port()
+    (pid,) = sup.wait_serving(1)
+    sup.wait_event("bad_message", count=7)
+    reasons = [e["reason"] for e in sup.find("bad_message", pid=pid)]
+    assert reasons == [
+        "not JSON",
+        "not a JSON object",
+        "unknown message type 'nonsense'",
+        "heartbeat without counts",
+        "heartbeat without counts",
+        "ready without pid",
+        "message over 65536 bytes",
+    ]
+    assert banner_pid(banner(port)) == pid
+    time.sleep(0.5)
+    assert sup.ready_workers() == {pid} and sup.process.poll() is None

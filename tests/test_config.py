@@ -1,0 +1,168 @@
+"""Configuration: defaults < TOML file < WILDBOAR_* environment < flags, and error reports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wildboar import config as C
+from wildboar import smtp
+
+TOML = """
+hostname = "mx.example.org"
+workers = 3
+handoff = ["spool"]
+
+[[listen]]
+name = "smtp"
+host = "0.0.0.0"
+port = 25
+
+[[listen]]
+name = "submission"
+host = "::"
+port = 587
+
+[spool]
+path = "/var/spool/wildboar"
+
+[limits]
+message_size = 35000000
+
+[timeouts]
+command = 120
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "wildboar.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_any_source() -> None:
+    config = C.load(environ={})
+    assert config.listen == [C.Listener(host="127.0.0.1", port=2525, name="smtp")]
+    assert config.spool.path == "./spool"
+    assert config.handoff == ["spool"]
+    assert config.workers == (os.cpu_count() or 1)
+    assert config.limits == smtp.Limits()
+    assert config.id.startswith("urn:uuid:")
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, TOML)
+    config = C.load(file=path, environ={})
+    assert config.hostname == "mx.example.org"
+    assert [str(listener) for listener in config.listen] == [
+        "smtp=0.0.0.0:25",
+        "submission=[::]:587",
+    ]
+    assert config.limits.message_size == 35_000_000
+    assert config.limits.recipients == 1000  # untouched keys keep their default
+    assert config.timeouts.command == 120
+    env = {
+        "WILDBOAR_WORKERS": "5",
+        "WILDBOAR_SPOOL": "/srv/spool",
+        "WILDBOAR_LIMITS_RECIPIENTS": "200",
+        "WILDBOAR_LISTEN": "127.0.0.1:2526,submission=[::1]:2587",
+    }
+    config = C.load(file=path, environ=env)
+    assert config.workers == 5
+    assert config.spool.path == "/srv/spool"
+    assert config.limits.recipients == 200
+    assert config.limits.message_size == 35_000_000
+    assert [str(listener) for listener in config.listen] == [
+        "smtp=127.0.0.1:2526",
+        "submission=[::1]:2587",
+    ]
+    config = C.load(file=path, environ=env, flags={"workers": 7, "spool": {"path": "x"}})
+    assert config.workers == 7
+    assert config.spool.path == "x"
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, 'hostname = "from.file.example"\n')
+    assert C.load(environ={"WILDBOAR_CONFIG": path}).hostname == "from.file.example"
+
+
+def test_every_error_is_reported_with_its_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'workers = 0\nbogus = 1\nhandoff = ["carrier-pigeon"]\n'
+        '[limits]\nrecipients = 50\ncolour = "red"\n[timeouts]\ncommand = "soon"\n',
+    )
+    with pytest.raises(C.ConfigError) as info:
+        C.load(file=path, environ={"WILDBOAR_LISTEN": "nowhere"})
+    errors = "\n".join(info.value.errors)
+    for key in ("workers:", "bogus: unknown key", "handoff:", "limits.colour: unknown key"):
+        assert key in errors
+    assert "timeouts.command:" in errors
+    assert "listen[0]:" in errors
+
+
+def test_rfc_floor_of_a_limit_is_enforced(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nrecipients = 50\n")
+    with pytest.raises(C.ConfigError, match="recipients = 50 is below the minimum 100"):
+        C.load(file=path, environ={})
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(C.ConfigError, match="cannot read"):
+        C.load(file=str(tmp_path / "missing.toml"), environ={})
+    with pytest.raises(C.ConfigError, match="not valid TOML"):
+        C.load(file=write(tmp_path, "workers = = 2"), environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:25", C.Listener(host="127.0.0.1", port=25)),
+        ("submission=[::]:587", C.Listener(host="::", port=587, name="submission")),
+    ],
+)
+def test_listener_syntax(text: str, expected: C.Listener) -> None:
+    assert C.parse_listener(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["25", "::1:25", "a=b=c:1", "host:port", "1.2.3.4:99999", "mx.example.org:25"]
+)
+def test_bad_listener_syntax(text: str) -> None:
+    with pytest.raises(C.ConfigError):
+        C.load(environ={}, flags={"listen": [text]})
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wildboar.cli", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
+    result = cli("check-config", "--config", write(tmp_path, TOML), "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "workers = 2\n" in result.stdout
+    assert 'hostname = "mx.example.org"' in result.stdout
+    assert "[limits]\n" in result.stdout and "message_size = 35000000\n" in result.stdout
+    assert result.stdout.count("[[listen]]") == 2
+
+
+def test_check_config_names_every_error_without_a_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "workers = -1\n[limits]\nerrors = 0\n")
+    result = cli("check-config", "--config", path, env={"WILDBOAR_TIMEOUTS_DRAIN": "x"})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("wildboar: config: ") for line in lines), lines
+    assert any("workers:" in line for line in lines)
+    assert any("timeouts.drain:" in line for line in lines)
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,310 @@
+"""Typed configuration: built-in defaults < TOML file < ``WILDBOAR_*`` environment < flags.
+
+Owns: the ``Config`` schema, reading and merging its sources, and reporting every error
+with the key it concerns (``wildboar check-config``).
+Must not know: sockets, processes, handoff internals.
+Security: the file and environment are trusted input from the operator, but are still
+validated completely before anything starts; a bad value stops the start with a message,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .message import new_urn
+from .smtp import Extensions, Limits
+
+DEFAULT_CONFIG_FILE = "/etc/wildboar/wildboar.toml"
+ENV_PREFIX = "WILDBOAR_"
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+_LISTEN = re.compile(
+    r"(?:(?P<name>[a-z][a-z0-9-]*)=)?(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9.]+):(?P<port>[0-9]{1,5})"
+)
+
+
+class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A listening socket: ``name`` (smtp, submission, submissions, ...), host and port."""
+
+    host: str
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]*$")] = "smtp"
+
+    def __post_init__(self) -> None:
+        # An IP literal: the supervisor binds as root and resolves no names while privileged.
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            raise ValueError(f"host {self.host!r} is not an IP address") from None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.name}={host}:{self.port}"
+
+
+def parse_listener(text: str) -> Listener:
+    """``[NAME=]HOST:PORT``, IPv6 hosts in brackets: ``submission=[::]:587``."""
+    match = _LISTEN.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not [NAME=]HOST:PORT")
+    fields = {
+        "host": match.group("host").strip("[]"),
+        "port": int(match.group("port")),
+        "name": match.group("name") or "smtp",
+    }
+    return msgspec.convert(fields, Listener)
+
+
+class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """RFC 5321 §4.5.3.2 timeouts, in seconds."""
+
+    command: Seconds = 300.0  # waiting for the next command (§4.5.3.2.7)
+    data_block: Seconds = 180.0  # waiting for the next piece of DATA/BDAT content
+    handoff: Seconds = 540.0  # making a message durable, under the client's 10 min (§4.5.3.2.6)
+    drain: Seconds = 30.0  # graceful stop: how long sessions may finish
+
+
+class Sessions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    per_worker: Positive = 1000
+    per_client_ip: Positive = 50
+
+
+class Spool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str = "./spool"
+    #: Largest number of messages made durable by one group commit.
+    batch: Positive = 64
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: This configuration's identity, new at every load.
+    id: str = msgspec.field(default_factory=new_urn)
+    hostname: str = msgspec.field(default_factory=socket.getfqdn)
+    listen: list[Listener] = msgspec.field(
+        default_factory=lambda: [Listener(host="127.0.0.1", port=2525)]
+    )
+    workers: Positive = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
+    user: str = "wildboar"
+    group: str = "wildboar"
+    handoff: list[Literal["spool", "discard"]] = msgspec.field(default_factory=lambda: ["spool"])
+    spool: Spool = Spool()
+    limits: Limits = Limits()
+    extensions: Extensions = Extensions()
+    timeouts: Timeouts = Timeouts()
+    sessions: Sessions = Sessions()
+    log_format: Literal["auto", "json", "journal"] = "auto"
+
+
+class ConfigError(Exception):
+    """One or more configuration errors, each ``key: why``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+_SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "spool": Spool,
+    "limits": Limits,
+    "extensions": Extensions,
+    "timeouts": Timeouts,
+    "sessions": Sessions,
+}
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Config)}
+
+
+def read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path}: not valid TOML: {error}"]) from None
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``WILDBOAR_WORKERS=4``, ``WILDBOAR_LIMITS_MESSAGE_SIZE=...``, ``WILDBOAR_LISTEN=a,b``.
+
+    ``WILDBOAR_SPOOL`` is short for ``WILDBOAR_SPOOL_PATH``; list values are comma-separated.
+    """
+    raw: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "WILDBOAR_CONFIG":
+            continue
+        name = key.removeprefix(ENV_PREFIX).lower()
+        if name == "spool":
+            name = "spool_path"
+        section = next((s for s in _SECTIONS if name.startswith(s + "_")), None)
+        if section is not None:
+            raw.setdefault(section, {})[name.removeprefix(section + "_")] = value
+        elif name in ("listen", "handoff"):
+            raw[name] = [item for item in value.split(",") if item.strip()]
+        else:
+            raw[name] = value
+    return raw
+
+
+def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Later layers win; sections merge key by key."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if (
+                key in _SECTIONS
+                and isinstance(value, Mapping)
+                and isinstance(merged.get(key), dict)
+            ):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+    return merged
+
+
+def build(raw: Mapping[str, Any]) -> Config:
+    """Validate every key of ``raw`` and build the Config, or raise every error at once."""
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _FIELDS:
+            errors.append(f"{key}: unknown key")
+        elif key in _SECTIONS:
+            values[key] = _section(key, value, errors)
+        elif key == "listen":
+            values[key] = _listeners(value, errors)
+        else:
+            values[key] = _convert(key, value, _FIELDS[key].type, errors)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        return msgspec.convert(values, Config, strict=False)
+    except msgspec.ValidationError as error:
+        raise ConfigError([str(error)]) from None
+
+
+def _convert(key: str, value: Any, type_: Any, errors: list[str]) -> Any:
+    try:
+        return msgspec.convert(value, type_, strict=False)
+    except msgspec.ValidationError as error:
+        errors.append(f"{key}: {str(error).replace(' - at `$`', '')}")
+        return None
+
+
+def _section(name: str, value: Any, errors: list[str]) -> Any:
+    if not isinstance(value, Mapping):
+        errors.append(f"{name}: expected a table of keys")
+        return None
+    kind = _SECTIONS[name]
+    fields = {f.name: f for f in msgspec.structs.fields(kind)}
+    converted: dict[str, Any] = {}
+    before = len(errors)
+    for key, item in value.items():
+        if key not in fields:
+            errors.append(f"{name}.{key}: unknown key")
+        else:
+            converted[key] = _convert(f"{name}.{key}", item, fields[key].type, errors)
+    if len(errors) > before:
+        return None
+    try:
+        return msgspec.convert(converted, kind, strict=False)
+    except msgspec.ValidationError as error:
+        errors.append(f"{name}: {error}")
+        return None
+
+
+def _listeners(value: Any, errors: list[str]) -> list[Listener]:
+    items = value if isinstance(value, list) else [value]
+    result: list[Listener] = []
+    for index, item in enumerate(items):
+        try:
+            if isinstance(item, str):
+                result.append(parse_listener(item))
+            else:
+                result.append(msgspec.convert(item, Listener, strict=False))
+        except (ValueError, msgspec.ValidationError) as error:
+            errors.append(f"listen[{index}]: {error}")
+    if not items:
+        errors.append("listen: at least one listener is needed")
+    return result
+
+
+def load(
+    *,
+    file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults < file (``file``, else ``$WILDBOAR_CONFIG``, else the default path if it
+    exists) < environment < flags."""
+    environ = os.environ if environ is None else environ
+    path = file or environ.get("WILDBOAR_CONFIG")
+    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
+        path = DEFAULT_CONFIG_FILE
+    layers: list[Mapping[str, Any]] = [read_file(path)] if path else []
+    layers.append(from_env(environ))
+    layers.append({k: v for k, v in (flags or {}).items() if v is not None})
+    return build(merge(*layers))
+
+
+def to_toml_like(config: Config) -> str:
+    """The effective configuration as TOML text, for ``check-config``."""
+    data = msgspec.to_builtins(config)
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in data.items():
+        if key == "listen":
+            for listener in value:
+                tables.append("[[listen]]\n" + _toml_table(listener))
+        elif isinstance(value, dict):
+            tables.append(f"[{key}]\n" + _toml_table(value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n\n" + "\n\n".join(tables) + "\n"
+
+
+def _toml_table(table: Mapping[str, Any]) -> str:
+    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in table.items())
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def config_flags(parser: argparse.ArgumentParser) -> None:
+    """The configuration flags shared by ``wildboar serve``, ``check-config`` and workers."""
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--listen", action="append", metavar="[NAME=]HOST:PORT")
+    parser.add_argument("--workers", type=int, metavar="N")
+    parser.add_argument("--spool", metavar="DIR", help="spool directory")
+    parser.add_argument("--hostname", help="this server's name in replies and headers")
+    parser.add_argument(
+        "--handoff", action="append", choices=["spool", "discard"], help="delivery target"
+    )
+
+
+def flags_of(args: argparse.Namespace) -> dict[str, object]:
+    flags: dict[str, object] = {
+        "listen": args.listen,
+        "workers": args.workers,
+        "hostname": args.hostname,
+        "handoff": args.handoff,
+    }
+    if args.spool is not None:
+        flags["spool"] = {"path": args.spool}
+    return flags

@@ -1,0 +1,66 @@
+"""wildboar.smtp: a sans-IO SMTP server state machine (RFC 5321 and extensions).
+
+Bytes in (``receive_data``), events out (``next_event``), replies out (``send`` and
+``data_to_send``). No sockets, no clocks, no logging: the caller does I/O and answers
+policy questions. See ``connection.py`` for the usage loop and ``docs/protocol.md``.
+"""
+
+from .connection import ServerConnection
+from .errors import LocalProtocolError
+from .events import (
+    NEED_DATA,
+    PAUSED,
+    Accept,
+    Answer,
+    ClientConnected,
+    ConnectionClosed,
+    Envelope,
+    Event,
+    Hello,
+    MailFrom,
+    MailParams,
+    MessageComplete,
+    MessageData,
+    Orcpt,
+    Question,
+    RcptParams,
+    RcptTo,
+    Recipient,
+    TransactionAborted,
+    Wait,
+)
+from .limits import Extensions, Limits
+from .received import address_literal, received_header
+from .replies import Reply
+from .state import State
+
+__all__ = [
+    "NEED_DATA",
+    "PAUSED",
+    "Accept",
+    "Answer",
+    "ClientConnected",
+    "ConnectionClosed",
+    "Envelope",
+    "Event",
+    "Extensions",
+    "Hello",
+    "Limits",
+    "LocalProtocolError",
+    "MailFrom",
+    "MailParams",
+    "MessageComplete",
+    "MessageData",
+    "Orcpt",
+    "Question",
+    "RcptParams",
+    "RcptTo",
+    "Recipient",
+    "Reply",
+    "ServerConnection",
+    "State",
+    "TransactionAborted",
+    "Wait",
+    "address_literal",
+    "received_header",
+]

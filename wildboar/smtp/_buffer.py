@@ -1,0 +1,228 @@
+"""Byte-level framing: command lines, DATA content and BDAT chunks.
+
+Owns: where a command line ends (CRLF only), where DATA ends (CRLF "." CRLF only, RFC 5321
+§4.1.1.4), dot-unstuffing (§4.5.2), and the content checks shared by DATA and BDAT (bare
+CR or LF, NUL, text line length, Received-header count).
+Must not know: commands, replies' wording, state. Results are plain values.
+Security: this is where SMTP smuggling is stopped (CVE-2023-51764/51765/51766). A bare CR
+or LF never ends anything; only the exact sequence CR LF "." CR LF ends DATA. Memory is
+bounded: a command line beyond its limit is discarded as it arrives, and content leaves
+in pieces of at most ``data_chunk`` octets. The scans use ``bytes.find``/``count``/``split``
+(C loops), never per-byte Python loops.
+"""
+
+from __future__ import annotations
+
+import enum
+
+CRLF = b"\r\n"
+END_OF_DATA = b"\r\n.\r\n"
+
+
+class LineError(enum.Enum):
+    TOO_LONG = "too long"
+    BARE_NEWLINE = "bare newline"
+
+
+class ReceiveBuffer:
+    """Bytes received and not yet consumed."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        # Discarding the rest of an over-long command line until its CRLF.
+        self._discarding = False
+        # The discarded line's last byte was CR (its LF may come next).
+        self._discard_cr = False
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def append(self, data: bytes) -> None:
+        self._data += data
+
+    def take(self, count: int) -> bytes:
+        piece = bytes(self._data[:count])
+        del self._data[:count]
+        return piece
+
+    def peek(self, count: int) -> bytes:
+        return bytes(self._data[:count])
+
+    def find(self, needle: bytes, start: int = 0, end: int | None = None) -> int:
+        return self._data.find(needle, start, len(self._data) if end is None else end)
+
+    def rfind(self, needle: bytes, end: int) -> int:
+        return self._data.rfind(needle, 0, end)
+
+    def next_line(self, limit: int) -> bytes | LineError | None:
+        """The next command line without its CRLF, a ``LineError``, or None for more data.
+
+        ``limit`` counts the CRLF. A too-long line is reported once, as soon as it is
+        known, and then silently discarded up to its CRLF.
+        """
+        if self._discarding and not self._discard():
+            return None
+        lf = self._data.find(b"\n", 0, limit)
+        if lf == -1:
+            return self._incomplete_line(limit)
+        if lf == 0 or self._data[lf - 1] != 0x0D or self._data.find(b"\r", 0, lf - 1) != -1:
+            return LineError.BARE_NEWLINE
+        line = bytes(self._data[: lf - 1])
+        del self._data[: lf + 1]
+        return line
+
+    def _incomplete_line(self, limit: int) -> LineError | None:
+        cr = self._data.find(b"\r", 0, limit)
+        if cr != -1 and cr + 1 < len(self._data) and self._data[cr + 1] != 0x0A:
+            return LineError.BARE_NEWLINE  # a CR followed by something other than LF
+        if len(self._data) < limit:
+            return None
+        self._discarding = True
+        self._discard_cr = False
+        return LineError.TOO_LONG
+
+    def _discard(self) -> bool:
+        """Drop the over-long line's bytes; True once its CRLF has gone too."""
+        if self._discard_cr and self._data[:1] == b"\n":
+            del self._data[:1]
+            self._discarding = False
+            return True
+        end = self._data.find(CRLF)
+        if end == -1:
+            self._discard_cr = self._data[-1:] == b"\r"
+            self._data.clear()
+            return False
+        del self._data[: end + 2]
+        self._discarding = False
+        return True
+
+    @property
+    def discarding(self) -> bool:
+        return self._discarding
+
+
+class DataReader:
+    """Reads DATA content: finds the end, unstuffs dots, hands out bounded pieces."""
+
+    def __init__(self, chunk: int) -> None:
+        self._chunk = chunk
+        # The next byte in the buffer starts a line (right after DATA or after a CRLF).
+        self._line_start = True
+
+    def read(self, buf: ReceiveBuffer) -> tuple[bytes, bool] | None:
+        """(unstuffed content, end reached) or None when more data is needed."""
+        if self._line_start and buf.peek(3) == b".\r\n":
+            buf.take(3)
+            return b"", True
+        # The region handed out (content + its CRLF) must fit in one chunk.
+        end = buf.find(END_OF_DATA, 0, self._chunk + len(END_OF_DATA) - 2)
+        if end != -1:
+            region = buf.take(end + 2)
+            buf.take(3)
+            return self._unstuff(region), True
+        return self._read_partial(buf)
+
+    def _read_partial(self, buf: ReceiveBuffer) -> tuple[bytes, bool] | None:
+        limit = min(len(buf), self._chunk)
+        last = buf.rfind(CRLF, limit)
+        if last != -1:
+            region = buf.take(last + 2)
+            return self._unstuff(region), False
+        if len(buf) < self._chunk:
+            return None
+        # One line longer than a chunk: hand it out mid-line, keeping a trailing CR so a
+        # CR LF split across reads is still seen as one line end.
+        take = limit - 1 if buf.peek(limit)[-1:] == b"\r" else limit
+        region = buf.take(take)
+        unstuffed = self._unstuff(region)
+        self._line_start = False
+        return unstuffed, False
+
+    def _unstuff(self, region: bytes) -> bytes:
+        # RFC 5321 §4.5.2: a line's leading "." is removed. Lines start after each CRLF
+        # inside the region, and at its start when the previous region ended a line.
+        if self._line_start and region[:1] == b".":
+            region = region[1:]
+        self._line_start = region.endswith(CRLF) or (not region and self._line_start)
+        return region.replace(b"\r\n.", CRLF)
+
+
+class ContentError(enum.Enum):
+    BARE_NEWLINE = "bare newline"
+    NUL = "NUL"
+    LINE_TOO_LONG = "line too long"
+    TOO_MANY_HOPS = "too many hops"
+
+
+class ContentChecker:
+    """Checks message content piece by piece, whatever the piece boundaries.
+
+    Text content (DATA, and BDAT unless BODY=BINARYMIME) must have CRLF line ends only,
+    no NUL, lines within ``text_line`` octets with their CRLF, and at most ``hops``
+    Received header fields. The first problem found is kept in ``error``.
+    """
+
+    def __init__(self, *, text_line: int, hops: int) -> None:
+        self._max_line = text_line - 2
+        self._hops = hops
+        self._pending_cr = False
+        self._line_len = 0
+        self._line_head = b""
+        self._in_headers = True
+        self._received = 0
+        self.error: ContentError | None = None
+
+    def feed(self, piece: bytes) -> None:
+        if self.error is not None or not piece:
+            return
+        if self._pending_cr:
+            piece = b"\r" + piece
+        self._pending_cr = piece.endswith(b"\r")
+        if self._pending_cr:
+            piece = piece[:-1]
+        self.error = self._check(piece)
+
+    def finish(self) -> ContentError | None:
+        """End of content: a dangling CR is a bare CR."""
+        if self.error is None and self._pending_cr:
+            self.error = ContentError.BARE_NEWLINE
+        return self.error
+
+    def _check(self, piece: bytes) -> ContentError | None:
+        lines = piece.split(CRLF)
+        pairs = len(lines) - 1
+        if piece.count(b"\r") != pairs or piece.count(b"\n") != pairs:
+            return ContentError.BARE_NEWLINE
+        if b"\x00" in piece:
+            return ContentError.NUL
+        if self._too_long(lines):
+            return ContentError.LINE_TOO_LONG
+        if self._in_headers:
+            self._count_received(lines)
+            if self._received > self._hops:
+                return ContentError.TOO_MANY_HOPS
+        self._advance(lines)
+        return None
+
+    def _too_long(self, lines: list[bytes]) -> bool:
+        if self._line_len + len(lines[0]) > self._max_line:
+            return True
+        return len(lines) > 1 and max(map(len, lines[1:])) > self._max_line
+
+    def _count_received(self, lines: list[bytes]) -> None:
+        # lines[:-1] ended with CRLF in this piece; the first continues the partial line.
+        for index, line in enumerate(lines[:-1]):
+            head = self._line_head + line if index == 0 else line
+            if not head:
+                self._in_headers = False
+                return
+            if head[:9].lower() == b"received:":
+                self._received += 1
+
+    def _advance(self, lines: list[bytes]) -> None:
+        if len(lines) == 1:
+            self._line_len += len(lines[0])
+            self._line_head = (self._line_head + lines[0])[:9]
+        else:
+            self._line_len = len(lines[-1])
+            self._line_head = lines[-1][:9]

@@ -1,0 +1,309 @@
+"""Command lines into verbs and typed arguments (RFC 5321 §4.1.1-4.1.2 and the extensions).
+
+Owns: decoding a line, recognising the verb, and parsing the arguments of EHLO/HELO, MAIL,
+RCPT and BDAT into values, or the reply that refuses them.
+Must not know: state (``state.py``), policy (the caller), framing (``_buffer.py``).
+Security: non-ASCII is accepted only where RFC 6531 allows it; every parameter is
+validated and decoded here, so events carry only well-formed values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import cast
+
+from . import replies as R
+from ._abnf import (
+    ATOM,
+    GrammarError,
+    decode_utf8_xtext,
+    decode_xtext,
+    parse_host,
+    parse_mailbox_path,
+    split_params,
+    split_path,
+)
+from .events import Body, MailParams, Notify, Orcpt, RcptParams, Ret
+from .limits import Extensions
+from .replies import Reply
+from .state import Verb
+
+VERBS = {verb.value: verb for verb in Verb}
+
+# Recognised but not implemented here: 502 (RFC 5321 §4.2.4). Never listed in EHLO.
+UNIMPLEMENTED = frozenset(
+    {"EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "STARTTLS", "AUTH", "BURL"}
+)
+# A web or proxy client, or message content sent as commands: answer and close (as
+# Postfix's smtpd_forbidden_commands does).
+FORBIDDEN = frozenset({"CONNECT", "GET", "POST", "PUT", "HEAD", "OPTIONS", "DELETE"})
+_HEADER_LIKE = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
+
+# RFC 3030 §2: chunk-size = 1*DIGIT; 18 digits is far beyond any message size limit and
+# keeps the number a machine integer.
+_BDAT = re.compile(r"([0-9]{1,18})(?: (LAST))? *", re.IGNORECASE)
+_SIZE = re.compile(r"[0-9]{1,20}")  # RFC 1870 §3: size-value ::= 1*20DIGIT
+_NOTIFY = ("SUCCESS", "FAILURE", "DELAY")
+MAX_ENVID = 100  # RFC 3461 §4.4
+MAX_ORCPT = 500  # RFC 3461 §4.2
+MAX_NOTIFY = 28  # RFC 3461 §5.4
+
+
+def decode(line: bytes, *, utf8_ok: bool) -> tuple[str, str] | Reply:
+    """(upper-case verb, argument text) of a command line, or the reply refusing it."""
+    if line.isascii():
+        text = line.decode("ascii")
+    else:
+        if not utf8_ok or line.partition(b" ")[0].upper() not in (b"MAIL", b"RCPT", b"VRFY"):
+            return R.NOT_ASCII
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return R.NOT_ASCII
+    verb, _, args = text.partition(" ")
+    return verb.upper(), args
+
+
+def classify(verb: str) -> Verb | Reply:
+    """The verb, or the reply for a verb this server does not run."""
+    known = VERBS.get(verb)
+    if known is not None:
+        return known
+    if verb in UNIMPLEMENTED:
+        return R.NOT_IMPLEMENTED
+    if verb in FORBIDDEN or _HEADER_LIKE.fullmatch(verb):
+        return R.FORBIDDEN
+    return R.NOT_RECOGNIZED
+
+
+def parse_hello(args: str) -> str | None:
+    try:
+        return parse_host(args.rstrip(" \t"))
+    except GrammarError:
+        return None
+
+
+def _path(args: str, keyword: str) -> tuple[str, str] | None:
+    if args[: len(keyword)].upper() != keyword:
+        return None
+    try:
+        return split_path(args[len(keyword) :])
+    except GrammarError:
+        return None
+
+
+def _mailbox(path: str, *, utf8: bool, sender: bool) -> str | Reply:
+    try:
+        return parse_mailbox_path(path, utf8=utf8)
+    except GrammarError as error:
+        if error.kind == "needs_utf8":
+            return R.SENDER_NEEDS_UTF8 if sender else R.RECIPIENT_NEEDS_UTF8
+        if error.kind == "too_long":
+            return R.SENDER_TOO_LONG if sender else R.RECIPIENT_TOO_LONG
+        return R.BAD_SENDER if sender else R.BAD_RECIPIENT
+
+
+def _params(text: str, allowed: frozenset[str], *, utf8: bool) -> dict[str, str | None] | Reply:
+    try:
+        pairs = split_params(text, utf8=utf8)
+    except GrammarError:
+        # RFC 5321 §4.1.2: non-ASCII where it is not allowed "MUST" get 501.
+        return R.UNKNOWN_PARAMETER if text.isascii() else R.NOT_ASCII
+    found: dict[str, str | None] = {}
+    for key, value in pairs:
+        if key not in allowed:
+            return R.UNKNOWN_PARAMETER
+        if key in found:
+            return R.DUPLICATE_PARAMETER
+        found[key] = value
+    return found
+
+
+def mail_keywords(ext: Extensions, *, extended: bool) -> frozenset[str]:
+    """MAIL parameters accepted in this session: none after HELO (RFC 1869 §4.5)."""
+    if not extended:
+        return frozenset()
+    offered = {
+        "SIZE": ext.size,
+        "BODY": ext.eightbitmime or ext.binarymime,
+        "SMTPUTF8": ext.smtputf8,
+        "RET": ext.dsn,
+        "ENVID": ext.dsn,
+    }
+    return frozenset(key for key, on in offered.items() if on)
+
+
+def parse_mail(
+    args: str, ext: Extensions, *, extended: bool, max_size: int
+) -> tuple[str, MailParams] | Reply:
+    """``FROM:<reverse-path> [params]`` into (sender, params); ``""`` is the null sender."""
+    split = _path(args, "FROM:")
+    if split is None:
+        return R.SYNTAX_MAIL
+    path, rest = split
+    found = _params(rest, mail_keywords(ext, extended=extended), utf8=ext.smtputf8)
+    if isinstance(found, Reply):
+        return found
+    params = _mail_params(found, ext, max_size)
+    if isinstance(params, Reply):
+        return params
+    if path == "<>":
+        return "", params
+    sender = _mailbox(path, utf8=params.smtputf8, sender=True)
+    return (sender, params) if isinstance(sender, str) else sender
+
+
+_NO_MAIL_PARAMS = MailParams()
+_NO_RCPT_PARAMS = RcptParams()
+
+
+def _mail_params(
+    found: dict[str, str | None], ext: Extensions, max_size: int
+) -> MailParams | Reply:
+    if not found:
+        return _NO_MAIL_PARAMS
+    smtputf8 = "SMTPUTF8" in found
+    if any(not value.isascii() for value in found.values() if value) and not smtputf8:
+        return R.NOT_ASCII  # RFC 5321 §4.1.2
+    if smtputf8 and found["SMTPUTF8"] is not None:
+        return R.BAD_PARAMETER
+    size = _size(found.get("SIZE"), "SIZE" in found, max_size)
+    if isinstance(size, Reply):
+        return size
+    body = _body(found.get("BODY"), "BODY" in found, ext)
+    if isinstance(body, Reply):
+        return body
+    ret = _ret(found.get("RET"), "RET" in found)
+    if isinstance(ret, Reply):
+        return ret
+    envid = _envid(found.get("ENVID"), "ENVID" in found)
+    if isinstance(envid, Reply):
+        return envid
+    return MailParams(
+        size=size,
+        body=body,
+        smtputf8=smtputf8,
+        ret=ret,
+        envid=envid,
+    )
+
+
+def _size(value: str | None, present: bool, max_size: int) -> int | Reply | None:
+    if not present:
+        return None
+    if value is None or not _SIZE.fullmatch(value):
+        return R.BAD_PARAMETER
+    size = int(value)
+    return R.SIZE_EXCEEDED if size > max_size else size
+
+
+def _body(value: str | None, present: bool, ext: Extensions) -> Body | Reply | None:
+    if not present:
+        return None
+    if value is None:
+        return R.BAD_PARAMETER
+    body = value.upper()
+    offered = {"7BIT": True, "8BITMIME": ext.eightbitmime, "BINARYMIME": ext.binarymime}
+    if not offered.get(body, False):
+        return R.UNKNOWN_PARAMETER  # RFC 6152 §3 / PF "555 5.5.4 Unsupported option"
+    return cast(Body, body)
+
+
+def _ret(value: str | None, present: bool) -> Ret | Reply | None:
+    if not present:
+        return None
+    if value is None or value.upper() not in ("FULL", "HDRS"):
+        return R.BAD_PARAMETER
+    return cast(Ret, value.upper())
+
+
+def _envid(value: str | None, present: bool) -> str | Reply | None:
+    if not present:
+        return None
+    if value is None or len(value) > MAX_ENVID:
+        return R.BAD_PARAMETER
+    try:
+        envid = decode_xtext(value)
+    except GrammarError:
+        return R.BAD_PARAMETER
+    # RFC 3461 §4.4: printable (graphic and white space) US-ASCII.
+    return envid if all(" " <= ch <= "~" for ch in envid) else R.BAD_PARAMETER
+
+
+def parse_rcpt(
+    args: str, ext: Extensions, *, extended: bool, utf8: bool
+) -> tuple[str, RcptParams] | Reply:
+    """``TO:<forward-path> [params]`` into (recipient, params).
+
+    RFC 5321 §4.1.1.3: ``<Postmaster>`` without a domain "MUST be accepted".
+    """
+    split = _path(args, "TO:")
+    if split is None:
+        return R.SYNTAX_RCPT
+    path, rest = split
+    allowed = frozenset({"NOTIFY", "ORCPT"}) if extended and ext.dsn else frozenset()
+    found = _params(rest, allowed, utf8=utf8)
+    if isinstance(found, Reply):
+        return found
+    params = _rcpt_params(found)
+    if isinstance(params, Reply):
+        return params
+    if path.lower() == "<postmaster>":
+        return path[1:-1], params
+    recipient = _mailbox(path, utf8=utf8, sender=False)
+    return (recipient, params) if isinstance(recipient, str) else recipient
+
+
+def _rcpt_params(found: dict[str, str | None]) -> RcptParams | Reply:
+    if not found:
+        return _NO_RCPT_PARAMS
+    notify = _notify(found.get("NOTIFY"), "NOTIFY" in found)
+    if isinstance(notify, Reply):
+        return notify
+    orcpt = _orcpt(found.get("ORCPT"), "ORCPT" in found)
+    if isinstance(orcpt, Reply):
+        return orcpt
+    return RcptParams(notify=notify, orcpt=orcpt)
+
+
+def _notify(value: str | None, present: bool) -> tuple[Notify, ...] | Reply | None:
+    """RFC 3461 §4.1: "NEVER" alone, or a list of SUCCESS, FAILURE, DELAY."""
+    if not present:
+        return None
+    if value is None or len(value) > MAX_NOTIFY:
+        return R.BAD_PARAMETER
+    items = value.upper().split(",")
+    if items == ["NEVER"]:
+        return ("NEVER",)
+    if len(set(items)) != len(items) or not all(item in _NOTIFY for item in items):
+        return R.BAD_PARAMETER
+    return tuple(cast(Notify, item) for item in items)
+
+
+def _orcpt(value: str | None, present: bool) -> Orcpt | Reply | None:
+    """RFC 3461 §4.2 ``addr-type ";" xtext``; RFC 6533 §3 utf-8-addr-xtext for utf-8."""
+    if not present:
+        return None
+    if value is None or len(value.encode("utf-8")) > MAX_ORCPT:
+        return R.BAD_PARAMETER
+    addr_type, semicolon, encoded = value.partition(";")
+    if not semicolon or not ATOM.fullmatch(addr_type) or not encoded:
+        return R.BAD_PARAMETER
+    try:
+        if addr_type.lower() == "utf-8":
+            address = decode_utf8_xtext(encoded)
+        elif not encoded.isascii():
+            return R.BAD_PARAMETER
+        else:
+            address = decode_xtext(encoded)
+    except GrammarError:
+        return R.BAD_PARAMETER
+    return Orcpt(addr_type.lower(), address)
+
+
+def parse_bdat(args: str) -> tuple[int, bool] | None:
+    """``chunk-size [SP "LAST"]`` (RFC 3030 §2) into (size, last)."""
+    match = _BDAT.fullmatch(args)
+    if match is None:
+        return None
+    return int(match.group(1)), match.group(2) is not None

@@ -1,0 +1,617 @@
+"""``ServerConnection``: the sans-IO SMTP server, one per client connection.
+
+Owns: turning received bytes into events and replies, in order (RFC 2920 §3.2 (1)), using
+the framing of ``_buffer.py``, the grammar of ``_commands.py`` and the tables of
+``state.py``; the session's limits; the pipelining synchronization check.
+Must not know: sockets, clocks, randomness, logging, policy. Questions go out as events and
+come back as ``Accept`` or ``Reply`` through ``send``.
+
+Usage, as with h11::
+
+    conn = ServerConnection("mx.example.org")
+    conn.receive_data(data)          # b"" at end of input
+    while (event := conn.next_event()) not in (NEED_DATA, PAUSED):
+        ...                          # answer questions with conn.send(Accept() / Reply(...))
+    transport.write(conn.data_to_send())
+
+Security: every client mistake becomes a reply with an enhanced status code; nothing a
+client sends raises. Memory per connection is bounded by the limits (see ``limits.py``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Literal
+
+from . import _commands as C
+from . import replies as R
+from ._buffer import ContentChecker, ContentError, DataReader, LineError, ReceiveBuffer
+from .errors import LocalProtocolError
+from .events import (
+    NEED_DATA,
+    PAUSED,
+    Accept,
+    Answer,
+    ClientConnected,
+    ConnectionClosed,
+    Envelope,
+    Event,
+    Hello,
+    MailFrom,
+    MailParams,
+    MessageComplete,
+    MessageData,
+    Question,
+    RcptTo,
+    Recipient,
+    TransactionAborted,
+    Wait,
+)
+from .limits import Extensions, Limits
+from .replies import Reply, plain_lines
+from .state import (
+    BDAT_SEQUENCE,
+    IN_TRANSACTION,
+    LAST_IN_GROUP,
+    SEQUENCE,
+    Machine,
+    State,
+    Trigger,
+    Verb,
+)
+
+CONTENT_REPLIES: dict[ContentError, Reply] = {
+    ContentError.BARE_NEWLINE: R.BARE_NEWLINE_DATA,
+    ContentError.NUL: R.NUL_IN_DATA,
+    ContentError.LINE_TOO_LONG: R.TEXT_LINE_TOO_LONG,
+    ContentError.TOO_MANY_HOPS: R.TOO_MANY_HOPS,
+}
+CloseReason = Literal["quit", "eof", "refused", "error", "local"]
+
+
+class _Transaction:
+    """What one mail transaction has gathered so far."""
+
+    def __init__(self, sender: str, params: MailParams, checker: ContentChecker | None) -> None:
+        self.sender = sender
+        self.params = params
+        self.recipients: list[Recipient] = []
+        self.size = 0
+        self.chunked = False
+        self.checker = checker
+        # The refusal of the content, once known; the transaction then only drains.
+        self.failed: Reply | None = None
+
+
+class _Skip:
+    """A BDAT chunk being read only to be dropped, and what to do after it."""
+
+    def __init__(self, left: int, reply: Reply, trigger: Trigger | None, counts: bool) -> None:
+        self.left = left
+        self.reply = reply
+        self.trigger = trigger
+        self.counts = counts
+
+
+class ServerConnection:
+    """The server side of one SMTP session."""
+
+    def __init__(
+        self,
+        hostname: str,
+        *,
+        limits: Limits | None = None,
+        extensions: Extensions | None = None,
+        banner: str = "ESMTP",
+        tls: bool = False,
+    ) -> None:
+        if C.parse_hello(hostname) is None or hostname.startswith("["):
+            raise LocalProtocolError(f"server hostname {hostname!r} is not a domain name")
+        plain_lines(220, [banner])  # validates the banner text
+        self.hostname = hostname
+        self.limits = limits or Limits()
+        self.extensions = extensions or Extensions()
+        self.banner = banner
+        #: Whether the session runs over TLS (RFC 3848 "ESMTPS"); set by the I/O layer.
+        self.tls = tls
+        self._machine = Machine()
+        self._buf = ReceiveBuffer()
+        self._out: list[bytes] = []
+        first = ClientConnected()
+        self._events: deque[Event] = deque([first])
+        self._pending: Question | None = first
+        self._asked = False
+        self._eof = False
+        self._errors = 0
+        self._commands = 0
+        self._helo = ""
+        self._extended = False
+        self._line_limit = self.limits.command_line
+        self._txn: _Transaction | None = None
+        self._reader: DataReader | None = None
+        self._chunk_left = 0
+        self._chunk_last = False
+        self._skip: _Skip | None = None
+
+    # --- the public surface --------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._machine.state
+
+    @property
+    def input_backlog(self) -> int:
+        """Bytes received and not yet consumed; the I/O layer pauses reading above a mark."""
+        return len(self._buf)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` means the client closed its side."""
+        if self.state is State.CLOSED:
+            return
+        if data:
+            self._buf.append(data)
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | Wait:
+        """The next event, ``NEED_DATA``, or ``PAUSED`` while a question waits for its answer
+        (and for good once the connection is closed)."""
+        while True:
+            if self._events:
+                event = self._events.popleft()
+                if event is self._pending:
+                    self._asked = True
+                return event
+            if self._pending is not None or self.state is State.CLOSED:
+                return PAUSED
+            if not self._step():
+                return NEED_DATA
+
+    def send(self, answer: Answer) -> bytes:
+        """Answer the question last returned by ``next_event``; returns every reply byte
+        that is ready to go out, in order.
+
+        A ``Reply`` with code 421 may be sent at any time (shutdown, timeout): it closes the
+        session (RFC 5321 §3.8).
+        """
+        if isinstance(answer, Reply) and answer.code == 421 and self.state is not State.CLOSED:
+            self._drop_question()
+            self._reply(answer, close="local")
+            return self.data_to_send()
+        question = self._pending
+        if question is None or not self._asked:
+            raise LocalProtocolError("there is no question to answer")
+        if isinstance(answer, Reply) and answer.code < 400:
+            raise LocalProtocolError("a refusal is a 4xx or 5xx Reply; use Accept to accept")
+        self._answer(question, answer)
+        self._pending = None
+        return self.data_to_send()
+
+    def data_to_send(self) -> bytes:
+        """Reply bytes produced so far and not yet taken."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    # --- answers ---------------------------------------------------------------------
+
+    def _answer(self, question: Question, answer: Answer) -> None:
+        # Most frequent first: this runs for every MAIL, RCPT and message.
+        if type(question) is RcptTo:
+            self._answer_rcpt(question, answer)
+        elif type(question) is MailFrom:
+            self._answer_mail(question, answer)
+        elif type(question) is MessageComplete:
+            self._answer_message(answer)
+        elif type(question) is Hello:
+            self._answer_hello(question, answer)
+        else:
+            self._answer_connect(answer)
+
+    def _answer_connect(self, answer: Answer) -> None:
+        if isinstance(answer, Reply):
+            if answer.code not in (554, 521):
+                raise LocalProtocolError("refuse a connection with 554, 521 or 421")
+            self._machine.fire(Trigger.REFUSE)
+            self._reply(answer, close="refused")
+            return
+        self._machine.fire(Trigger.GREET)
+        self._out.append(plain_lines(220, [f"{self.hostname} {answer.text or self.banner}"]))
+        if len(self._buf):
+            self._desync()  # the client spoke before the greeting
+
+    def _answer_hello(self, question: Hello, answer: Answer) -> None:
+        if isinstance(answer, Reply):
+            self._error(answer)  # RFC 5321 §4.1.4: refused, same state
+            return
+        self._abort("hello")
+        self._machine.fire(Trigger.HELLO)
+        self._helo = question.name
+        self._extended = question.extended
+        base = self.limits.command_line
+        self._line_limit = self.extensions.command_line_limit(base) if question.extended else base
+        if question.extended:
+            self._out.append(plain_lines(250, [self.hostname, *self._keywords()]))
+        else:
+            self._out.append(plain_lines(250, [self.hostname]))
+
+    def _keywords(self) -> list[str]:
+        ext = self.extensions
+        offered = (
+            (ext.pipelining, "PIPELINING"),
+            (ext.size, f"SIZE {self.limits.message_size}"),
+            (ext.eightbitmime, "8BITMIME"),
+            (ext.smtputf8, "SMTPUTF8"),
+            (True, "ENHANCEDSTATUSCODES"),
+            (ext.chunking, "CHUNKING"),
+            (ext.binarymime, "BINARYMIME"),
+            (ext.dsn, "DSN"),
+            (True, "HELP"),
+        )
+        return [keyword for on, keyword in offered if on]
+
+    def _answer_mail(self, question: MailFrom, answer: Answer) -> None:
+        if isinstance(answer, Reply):
+            self._error(answer)
+            return
+        binary = question.params.body == "BINARYMIME"
+        checker = (
+            None
+            if binary
+            else ContentChecker(text_line=self.limits.text_line, hops=self.limits.hops)
+        )
+        self._txn = _Transaction(question.sender, question.params, checker)
+        self._machine.fire(Trigger.MAIL)
+        self._reply(_accepted(R.MAIL_OK, answer))
+
+    def _answer_rcpt(self, question: RcptTo, answer: Answer) -> None:
+        if isinstance(answer, Reply):
+            self._error(answer)
+            return
+        assert self._txn is not None
+        self._txn.recipients.append(Recipient(question.recipient, question.params))
+        self._machine.fire(Trigger.RCPT)
+        self._reply(_accepted(R.RCPT_OK, answer))
+
+    def _answer_message(self, answer: Answer) -> None:
+        if isinstance(answer, Reply):
+            self._reply(answer, close="local")
+        else:
+            self._reply(_accepted(R.OK, answer))
+
+    def _drop_question(self) -> None:
+        if self._pending is not None and not self._asked:
+            self._events.remove(self._pending)
+        self._pending = None
+
+    # --- input -----------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """Consume some input; False when nothing can be done without more bytes."""
+        if self._skip is not None:
+            return self._step_skip(self._skip)
+        if self.state is State.DATA:
+            return self._step_data()
+        if self.state is State.BDAT:
+            return self._step_bdat()
+        return self._step_command()
+
+    def _end_of_input(self) -> bool:
+        """No complete unit is buffered: at end of input the session is over."""
+        if not self._eof:
+            return False
+        self._close("eof")
+        return True
+
+    def _step_command(self) -> bool:
+        line = self._buf.next_line(self._line_limit)
+        if line is None:
+            return self._end_of_input()
+        if line is LineError.BARE_NEWLINE:
+            self._reply(R.BARE_NEWLINE_COMMAND, close="error")
+        elif self._count_command():
+            if line is LineError.TOO_LONG:
+                self._error(R.LINE_TOO_LONG)
+            else:
+                self._command(line)
+        return True
+
+    def _count_command(self) -> bool:
+        self._commands += 1
+        if self._commands <= self.limits.commands:
+            return True
+        self._reply(R.TOO_MANY_COMMANDS, close="error")
+        return False
+
+    def _command(self, line: bytes) -> None:
+        decoded = C.decode(line, utf8_ok=self._extended and self.extensions.smtputf8)
+        if isinstance(decoded, Reply):
+            self._error(decoded)
+            return
+        verb = C.classify(decoded[0])
+        if isinstance(verb, Reply):
+            self._error(verb)
+        elif (
+            len(self._buf)
+            and (verb in LAST_IN_GROUP or not self._pipelining())
+            and verb is not Verb.QUIT
+            and verb is not Verb.BDAT
+        ):
+            self._desync()
+        elif (self.state, verb) in SEQUENCE:
+            self._error(SEQUENCE[self.state, verb])
+        else:
+            _HANDLERS[verb](self, decoded[1])
+
+    def _pipelining(self) -> bool:
+        return self._extended and self.extensions.pipelining
+
+    # --- command handlers ---------------------------------------------------------
+
+    def _hello(self, args: str, *, extended: bool) -> None:
+        name = C.parse_hello(args)
+        if name is None:
+            self._error(R.SYNTAX_EHLO if extended else R.SYNTAX_HELO)
+        else:
+            self._ask(Hello(name, extended))
+
+    def _ehlo(self, args: str) -> None:
+        self._hello(args, extended=True)
+
+    def _helo_cmd(self, args: str) -> None:
+        self._hello(args, extended=False)
+
+    def _mail(self, args: str) -> None:
+        parsed = C.parse_mail(
+            args, self.extensions, extended=self._extended, max_size=self.limits.message_size
+        )
+        if isinstance(parsed, Reply):
+            self._error(parsed)
+        else:
+            self._ask(MailFrom(*parsed))
+
+    def _rcpt(self, args: str) -> None:
+        txn = self._txn
+        assert txn is not None
+        if len(txn.recipients) >= self.limits.recipients:
+            self._reply(R.TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10; not a client error
+            return
+        parsed = C.parse_rcpt(
+            args, self.extensions, extended=self._extended, utf8=txn.params.smtputf8
+        )
+        if isinstance(parsed, Reply):
+            self._error(parsed)
+        else:
+            self._ask(RcptTo(*parsed))
+
+    def _data(self, args: str) -> None:
+        assert self._txn is not None
+        if args.strip(" \t"):
+            self._error(R.SYNTAX_NO_ARGS)
+        elif self._txn.params.body == "BINARYMIME":
+            self._error(R.DATA_BINARYMIME)  # RFC 3030 §3
+        else:
+            self._machine.fire(Trigger.DATA)
+            self._reader = DataReader(self.limits.data_chunk)
+            self._reply(R.START_DATA)
+
+    def _bdat(self, args: str) -> None:
+        parsed = C.parse_bdat(args)
+        if parsed is None:
+            self._reply(R.BDAT_SYNTAX, close="error")  # the chunk's end cannot be known
+            return
+        size, last = parsed
+        refusal = BDAT_SEQUENCE.get(self.state) if self.state is State.REFUSED else None
+        if refusal is None and not (self._extended and self.extensions.chunking):
+            refusal = R.BDAT_NOT_OFFERED
+        refusal = refusal or BDAT_SEQUENCE.get(self.state)
+        if refusal is not None:
+            self._skip = _Skip(size, refusal, None, counts=True)
+        else:
+            self._bdat_chunk(size, last)
+
+    def _bdat_chunk(self, size: int, last: bool) -> None:
+        txn = self._txn
+        assert txn is not None
+        dropped = Trigger.LAST_DROPPED if last else Trigger.CHUNK_DROPPED
+        if txn.failed is not None:
+            self._skip = _Skip(size, R.BDAT_AFTER_ERROR, dropped, counts=False)
+        elif txn.size + size > self.limits.message_size:
+            self._fail(R.SIZE_EXCEEDED)
+            self._skip = _Skip(size, R.SIZE_EXCEEDED, dropped, counts=False)
+        else:
+            txn.chunked = True
+            self._chunk_left = size
+            self._chunk_last = last
+            self._machine.fire(Trigger.BDAT)
+
+    def _rset(self, args: str) -> None:
+        if args.strip(" \t"):
+            self._error(R.SYNTAX_NO_ARGS)  # RFC 5321 §4.1.1.5
+            return
+        self._abort("reset")
+        self._machine.fire(Trigger.RESET)
+        self._reply(R.OK)
+
+    def _noop(self, args: str) -> None:
+        self._reply(R.OK)  # RFC 5321 §4.1.1.9: an argument is ignored
+
+    def _quit(self, args: str) -> None:
+        if args.strip(" \t"):
+            self._error(R.SYNTAX_NO_ARGS)
+            return
+        self._abort("quit")
+        self._reply(R.BYE, close="quit")
+
+    def _vrfy(self, args: str) -> None:
+        # RFC 5321 §3.5.3, §7.3: 252 when the address is not verified in real time.
+        self._reply(R.VRFY) if args.strip(" \t") else self._error(R.SYNTAX_VRFY)
+
+    def _help(self, args: str) -> None:
+        self._reply(R.HELP)
+
+    # --- message content ---------------------------------------------------------
+
+    def _step_data(self) -> bool:
+        assert self._reader is not None
+        result = self._reader.read(self._buf)
+        if result is None:
+            return self._end_of_input()
+        piece, ended = result
+        self._content(piece)
+        if ended:
+            self._reader = None
+            self._end_of_message()
+        return True
+
+    def _step_bdat(self) -> bool:
+        take = min(self._chunk_left, len(self._buf), self.limits.data_chunk)
+        if take == 0 and self._chunk_left:
+            return self._end_of_input()
+        self._chunk_left -= take
+        self._content(self._buf.take(take))
+        if not self._chunk_left:
+            self._end_of_chunk()
+        return True
+
+    def _step_skip(self, skip: _Skip) -> bool:
+        take = min(skip.left, len(self._buf))
+        if take == 0 and skip.left:
+            return self._end_of_input()
+        self._buf.take(take)
+        skip.left -= take
+        if not skip.left:
+            self._skip = None
+            if skip.trigger is Trigger.LAST_DROPPED:
+                self._txn = None
+            if skip.trigger is not None:
+                self._machine.fire(skip.trigger)
+            self._error(skip.reply) if skip.counts else self._reply(skip.reply)
+            self._check_chunk_sync()
+        return True
+
+    def _content(self, piece: bytes) -> None:
+        txn = self._txn
+        assert txn is not None
+        if txn.failed is not None or not piece:
+            return
+        txn.size += len(piece)
+        if txn.size > self.limits.message_size:
+            self._fail(R.SIZE_EXCEEDED)  # RFC 1870 §6.3: read on, then 552
+            return
+        if txn.checker is not None:
+            txn.checker.feed(piece)
+            if txn.checker.error is not None:
+                self._fail(CONTENT_REPLIES[txn.checker.error])
+                return
+        self._events.append(MessageData(piece))
+
+    def _fail(self, reply: Reply) -> None:
+        assert self._txn is not None
+        self._txn.failed = reply
+        self._events.append(TransactionAborted("refused", reply))
+
+    def _end_of_chunk(self) -> None:
+        txn = self._txn
+        assert txn is not None
+        if self._chunk_last:
+            self._end_of_message()
+            return
+        self._machine.fire(Trigger.CHUNK_DONE)
+        self._reply(txn.failed or Reply(250, "2.0.0", f"Ok: {txn.size} octets received"))
+        self._check_chunk_sync()
+
+    def _check_chunk_sync(self) -> None:
+        # Without PIPELINING the client must wait for each chunk's reply.
+        if len(self._buf) and not self._pipelining() and self.state is not State.CLOSED:
+            self._desync()
+
+    def _end_of_message(self) -> None:
+        txn = self._txn
+        assert txn is not None
+        error = txn.checker.finish() if txn.checker is not None else None
+        if txn.failed is None and error is not None:
+            self._fail(CONTENT_REPLIES[error])
+        self._machine.fire(Trigger.MESSAGE_DONE)
+        self._txn = None
+        if txn.failed is not None:
+            self._reply(txn.failed)
+            if self._chunk_last:
+                self._check_chunk_sync()
+            return
+        self._ask(MessageComplete(self._envelope(txn)))
+
+    def _envelope(self, txn: _Transaction) -> Envelope:
+        return Envelope(
+            helo=self._helo,
+            protocol=self._protocol(txn.params.smtputf8),
+            sender=txn.sender,
+            mail=txn.params,
+            recipients=tuple(txn.recipients),
+            size=txn.size,
+            chunked=txn.chunked,
+        )
+
+    def _protocol(self, smtputf8: bool) -> str:
+        """RFC 3848 §1 and RFC 6531 §3.7.3 WITH protocol types."""
+        base = "UTF8SMTP" if smtputf8 else ("ESMTP" if self._extended else "SMTP")
+        return base + ("S" if self.tls else "")
+
+    # --- replies and endings -----------------------------------------------------
+
+    def _ask(self, question: Question) -> None:
+        self._events.append(question)
+        self._pending = question
+        self._asked = False
+
+    def _reply(self, reply: Reply, *, close: CloseReason = "error") -> None:
+        self._out.append(reply.to_bytes())
+        if reply.closes:
+            self._close(close)
+
+    def _desync(self) -> None:
+        """Input arrived that the client had to hold back: 554 5.5.0, then close."""
+        self._reply(R.SYNC)
+        self._close("error")
+
+    def _error(self, reply: Reply) -> None:
+        """A reply to a client error: counted against the session's error budget."""
+        self._reply(reply)
+        if reply.closes:
+            return
+        self._errors += 1
+        if self._errors >= self.limits.errors:
+            self._reply(R.TOO_MANY_ERRORS)
+
+    def _abort(self, reason: Literal["reset", "hello", "quit", "closed"]) -> None:
+        txn, self._txn = self._txn, None
+        if txn is not None and txn.failed is None:
+            self._events.append(TransactionAborted(reason))
+
+    def _close(self, reason: CloseReason) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self.state in IN_TRANSACTION or self._txn is not None:
+            self._abort("closed")
+        self._skip = None
+        self._machine.fire(Trigger.CLOSE)
+        self._events.append(ConnectionClosed(reason))
+
+
+def _accepted(default: Reply, answer: Accept) -> Reply:
+    return default if answer.text is None else Reply(default.code, default.status, answer.text)
+
+
+_HANDLERS = {
+    Verb.EHLO: ServerConnection._ehlo,
+    Verb.HELO: ServerConnection._helo_cmd,
+    Verb.MAIL: ServerConnection._mail,
+    Verb.RCPT: ServerConnection._rcpt,
+    Verb.DATA: ServerConnection._data,
+    Verb.BDAT: ServerConnection._bdat,
+    Verb.RSET: ServerConnection._rset,
+    Verb.NOOP: ServerConnection._noop,
+    Verb.QUIT: ServerConnection._quit,
+    Verb.VRFY: ServerConnection._vrfy,
+    Verb.HELP: ServerConnection._help,
+}

@@ -1,0 +1,61 @@
+"""The Received trace header a server prepends to each accepted message (RFC 5321 §4.4).
+
+Owns: the text of the header, from the envelope and the facts the I/O layer knows
+(client address, time, message id).
+Must not know: clocks or sockets: the caller passes ``when`` and the addresses.
+Security: only validated values go in: the EHLO name passed the grammar, the address is
+formatted from ``ipaddress``, and folding uses CRLF + TAB only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import functools
+import ipaddress
+
+from .events import Envelope
+
+
+@functools.lru_cache(maxsize=4)
+def _date(when: datetime.datetime) -> str:
+    """RFC 5322 date-time with a numeric zone; changes once a second, so it is cached."""
+    return email.utils.format_datetime(when)
+
+
+def address_literal(address: str) -> str:
+    """The RFC 5321 §4.1.3 address literal of an IP address (``[IPv6:...]`` for IPv6)."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return f"[IPv6:{ip.compressed}]" if ip.version == 6 else f"[{ip}]"
+
+
+def received_header(
+    envelope: Envelope,
+    *,
+    by: str,
+    client_address: str,
+    client_name: str | None = None,
+    when: datetime.datetime,
+    id: str,
+) -> bytes:
+    """``Received: from HELO (NAME [IP]) by HOST with PROTO id ID [for <RCPT>]; DATE``.
+
+    The FOR clause names the recipient only when there is exactly one (§4.4: it "MUST
+    contain exactly one <path> entry"), so other recipients are not disclosed.
+    """
+    if when.tzinfo is None:
+        raise ValueError("the Received date needs a time zone (RFC 5321 §4.4)")
+    tcp_info = address_literal(client_address)
+    if client_name:
+        tcp_info = f"{client_name} {tcp_info}"
+    helo = envelope.helo or "unknown"
+    lines = [
+        f"Received: from {helo} ({tcp_info})",
+        f"\tby {by} with {envelope.protocol} id {id}",
+    ]
+    if len(envelope.recipients) == 1:
+        lines.append(f"\tfor <{envelope.recipients[0].address}>")
+    lines[-1] += f"; {_date(when.replace(microsecond=0))}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")

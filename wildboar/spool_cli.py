@@ -1,0 +1,197 @@
+"""``wildboar spool {ls,show ID,count,drain}``: look into the spool and empty it.
+
+Owns: the ``spool`` subcommands, their output formats and exit statuses (0 ok, 1 error,
+with one line on stderr and no traceback).
+Must not know: how the spool is written (it uses ``wildboar.handoff.spool.Spool``), SMTP.
+Security: meant for the operator (root or the ``wildboar`` user). Ids are checked before a
+path is built; files are read without following links; addresses and headers come from
+the Internet, so control characters are escaped before they reach a terminal. ``drain``
+removes a message only after its line was flushed (and fsync'd, when stdout is a file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import stat
+import sys
+from collections.abc import Callable
+from typing import BinaryIO
+
+import msgspec
+
+from . import config
+from . import message as M
+from .handoff.spool import Entry, Spool, SpoolError, describe
+
+DRAIN_HELP = "print every message as a JSON line and remove it from the spool"
+DRAIN_DESCRIPTION = (
+    "Write every spooled message to stdout as one JSON line (the wire form), oldest first, "
+    "and remove each file only once its line was flushed (and fsync'd when stdout is a "
+    "regular file). In this release nothing else consumes the spool: drain is how messages "
+    "leave it."
+)
+_C1_AND_DEL = re.compile("[\x7f-\x9f]")
+_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\U0010ffff]|[\u2028\u2029]")
+
+Command = Callable[[argparse.Namespace], int]
+Action = Callable[[Spool], int]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``spool`` and its subcommands to a ``wildboar`` command line."""
+    spool = subparsers.add_parser(
+        "spool",
+        help="list, show, count and drain the spool",
+        description="Look into the spool directory and drain it.",
+    )
+    commands = spool.add_subparsers(dest="spool_command", required=True, metavar="COMMAND")
+    _command(commands, "ls", cmd_ls, "list messages, oldest first: id, time, size, from -> to")
+    show = _command(commands, "show", cmd_show, "print one message record as indented JSON")
+    show.add_argument("id", metavar="ID", help="urn:uuid:<uuid> or <uuid>")
+    _command(commands, "count", cmd_count, "print the number of spooled messages")
+    _command(commands, "drain", cmd_drain, DRAIN_HELP, DRAIN_DESCRIPTION)
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Command,
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    description = description or help[:1].upper() + help[1:] + "."
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.add_argument(
+        "--spool",
+        metavar="DIR",
+        help="the spool directory (default: spool.path of the configuration)",
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"wildboar spool: {message}", file=sys.stderr)
+    return 1
+
+
+def _open(args: argparse.Namespace) -> Spool:
+    """The spool of ``--spool``, else of the configuration (``--config`` if the main command
+    line has one, else the usual sources)."""
+    if args.spool is not None:
+        return Spool(args.spool)
+    return Spool(config.load(file=getattr(args, "config", None)).spool.path)
+
+
+def _run(args: argparse.Namespace, action: Action) -> int:
+    """Open the spool named by ``args`` and run ``action(spool)``, turning every expected
+    error into one line on stderr and status 1."""
+    try:
+        return action(_open(args))
+    except config.ConfigError as error:
+        for line in error.errors:
+            _fail(f"configuration: {line}")
+        return 1
+    except SpoolError as error:
+        return _fail(str(error))
+    except OSError as error:
+        if isinstance(error, BrokenPipeError):
+            _silence_stdout()
+        return _fail(describe(error))
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters shown as escapes (addresses come from clients)."""
+    return _NOT_PRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _time(mtime: float) -> str:
+    when = datetime.datetime.fromtimestamp(mtime, datetime.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_entry(entry: Entry) -> str:
+    sender = _printable(entry.sender) or "<>"
+    to = ",".join(_printable(address) for address in entry.to)
+    return f"{entry.id}  {_time(entry.mtime)}  {entry.size:>9}  {sender} -> {to}"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    def ls(spool: Spool) -> int:
+        for entry in spool.list():
+            sys.stdout.write(format_entry(entry) + "\n")
+        return 0
+
+    return _run(args, ls)
+
+
+def cmd_count(args: argparse.Namespace) -> int:
+    def count(spool: Spool) -> int:
+        sys.stdout.write(f"{spool.count()}\n")
+        return 0
+
+    return _run(args, count)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    def show(spool: Spool) -> int:
+        record = M.encode(spool.load(args.id))
+        text = msgspec.json.format(record, indent=2).decode("utf-8")
+        # JSON escapes C0 controls but not DEL and C1 (CSI is U+009B): escape them too.
+        sys.stdout.write(_C1_AND_DEL.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+        return 0
+
+    return _run(args, show)
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    def drain(spool: Spool) -> int:
+        out = sys.stdout.buffer
+        durable_out = stat.S_ISREG(os.fstat(out.fileno()).st_mode)
+        with spool.lock():
+            for entry in spool.list():
+                line = M.encode(spool.load(entry.id)) + b"\n"
+                if not _emit(out, line, durable_out):
+                    return 1
+                spool.remove(entry.id)
+        return 0
+
+    return _run(args, drain)
+
+
+def _emit(out: BinaryIO, line: bytes, fsync: bool) -> bool:
+    """Write and flush ``line``; fsync if ``out`` is a file. False (said on stderr) if the
+    reader went away or the disk failed: the message then stays in the spool."""
+    try:
+        out.write(line)
+        out.flush()
+        if fsync:
+            os.fsync(out.fileno())
+    except OSError as error:
+        _fail(f"stdout: {error.strerror or error}; the message stays in the spool")
+        _silence_stdout()
+        return False
+    return True
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of the unwritten rest
+    does not fail again (Python docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wildboar.spool_cli spool ...``: the same commands without the main CLI."""
+    parser = argparse.ArgumentParser(prog="wildboar")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

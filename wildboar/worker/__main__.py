@@ -1,0 +1,108 @@
+"""``python -m wildboar.worker --control-fd N [config flags]``: one unprivileged worker.
+
+Owns: start-up of a worker process: its configuration (the same sources as ``wildboar
+serve``: file, ``WILDBOAR_*`` environment, flags), the listening sockets received from the
+supervisor over the control channel (``SCM_RIGHTS``), the handoffs, and uvloop.
+Must not know: how the sockets were bound (systemd or the supervisor).
+Security: started by the supervisor after it dropped privileges; refuses to run as root.
+Exit status: 0 after a drain, 3 (``WORKER_BOOT_ERROR``) when it cannot start, with one line
+on stderr naming why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+import uvloop
+
+from ..config import Config, ConfigError, config_flags, flags_of, load
+from ..handoff.base import Handoff, HandoffStartError
+from ..handoff.discard import DiscardHandoff
+from ..handoff.spool import SpoolHandoff
+from . import logs
+from .serve import Worker
+
+WORKER_BOOT_ERROR = 3
+MAX_CONTROL_MESSAGE = 65536
+MAX_SOCKETS = 64
+
+
+class BootError(Exception):
+    """The worker cannot start; the message is for the operator."""
+
+
+def build_handoffs(config: Config) -> list[Handoff]:
+    handoffs: list[Handoff] = []
+    for name in config.handoff:
+        if name == "spool":
+            handoffs.append(SpoolHandoff(config.spool.path, config.spool.batch))
+        else:
+            handoffs.append(DiscardHandoff())
+    return handoffs
+
+
+def receive_sockets(control: socket.socket) -> list[tuple[str, socket.socket]]:
+    """The supervisor's first message: socket names, and the sockets as SCM_RIGHTS."""
+    control.settimeout(30)
+    try:
+        data, fds, _, _ = socket.recv_fds(control, MAX_CONTROL_MESSAGE, MAX_SOCKETS)
+    except OSError as error:
+        raise BootError(f"no sockets from the supervisor: {error}") from None
+    try:
+        message = json.loads(data)
+        names = [str(name) for name in message["names"]]
+    except (ValueError, KeyError, TypeError):
+        raise BootError("malformed first message from the supervisor") from None
+    if message.get("type") != "sockets" or len(names) != len(fds) or not fds:
+        raise BootError("the supervisor sent no listening sockets")
+    control.setblocking(False)
+    return [(name, socket.socket(fileno=fd)) for name, fd in zip(names, fds, strict=True)]
+
+
+async def run(
+    config: Config, listeners: list[tuple[str, socket.socket]], control: socket.socket | None
+) -> None:
+    handoffs = build_handoffs(config)
+    for handoff in handoffs:
+        try:
+            await handoff.start()
+        except HandoffStartError as error:
+            raise BootError(f"handoff {handoff.name}: {error}") from None
+    await Worker(config, listeners, handoffs, control).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wildboar-worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    config_flags(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = load(file=args.config, flags=flags_of(args))
+    except ConfigError as error:
+        for line in error.errors:
+            print(f"wildboar-worker: config: {line}", file=sys.stderr)
+        return WORKER_BOOT_ERROR
+    logs.setup(config.log_format)
+    if os.geteuid() == 0:
+        print("wildboar-worker: refusing to run as root; start it through the supervisor",
+              file=sys.stderr)  # fmt: skip
+        return WORKER_BOOT_ERROR
+    try:
+        control = socket.socket(fileno=args.control_fd)
+        listeners = receive_sockets(control)
+        uvloop.run(run(config, listeners, control))
+    except BootError as error:
+        print(f"wildboar-worker: {error}", file=sys.stderr)
+        return WORKER_BOOT_ERROR
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

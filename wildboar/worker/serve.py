@@ -1,0 +1,244 @@
+"""The worker: accept loops on the inherited listening sockets, sessions, handoffs, the
+control channel to the supervisor, graceful drain.
+
+Owns: the event loop's long-lived tasks, connection limits (per worker, per client IP),
+the accept loop's resilience (EMFILE/ENFILE back-off), deadlines (one sweeper instead of a
+timer per session), heartbeats and the drain sequence.
+Must not know: SMTP syntax (``wildboar.smtp``), storage (``wildboar.handoff``).
+Security: runs unprivileged; sockets arrive ready-bound. Limits stop one client address
+from taking all sessions of a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import errno
+import json
+import os
+import signal
+import socket
+from collections import Counter
+
+from .. import message as M
+from ..config import Config
+from ..handoff.base import Delivery, Handoff, combine
+from .logs import flush, log
+from .session import SHUTDOWN, TIMEOUT, TOO_MANY_SESSIONS, Session
+
+# trio's ACCEPT_CAPACITY_ERRNOS: out of descriptors or kernel memory. Back off, retry.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_BACKOFF_MIN = 0.01
+ACCEPT_BACKOFF_MAX = 1.0
+# Connections taken per wake-up of a listening socket. Small, so that one worker cannot
+# starve its open sessions, and so that the other workers, woken by the same readiness of
+# the shared socket, get their share of a burst of connections.
+ACCEPT_BATCH = 4
+HEARTBEAT_INTERVAL = 1.0
+SWEEP_INTERVAL = 1.0
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        listeners: list[tuple[str, socket.socket]],
+        handoffs: list[Handoff],
+        control: socket.socket | None,
+    ) -> None:
+        self.config = config
+        self.listeners = listeners
+        self.handoffs = handoffs
+        self.control = control
+        self.id = M.new_urn()
+        self.server_record = M.Server(
+            id=self.id, creation_time=datetime.datetime.now(datetime.UTC), hostname=config.hostname
+        )
+        self.sessions: set[Session] = set()
+        self.per_ip: Counter[str] = Counter()
+        self.messages = 0
+        self.draining = asyncio.Event()
+        self.drain_deadline = config.timeouts.drain
+        self._loop = asyncio.get_running_loop()
+        self._backoff = ACCEPT_BACKOFF_MIN
+
+    def clock(self) -> float:
+        return self._loop.time()
+
+    # --- running -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        for name, sock in self.listeners:
+            sock.setblocking(False)
+            self._listen(name, sock)
+        sweeper = asyncio.create_task(self._sweep())
+        heartbeat = asyncio.create_task(self._heartbeat())
+        if self.control is not None:
+            self._loop.add_reader(self.control.fileno(), self._on_control)
+        # The supervisor decides; a terminal's Ctrl-C reaches the whole process group.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self._loop.add_signal_handler(signal.SIGTERM, self.draining.set)
+        log(
+            "worker_ready",
+            server=self.id,
+            pid=os.getpid(),
+            listeners=[n for n, _ in self.listeners],
+        )
+        self._send({"type": "ready", "pid": os.getpid()})
+        await self.draining.wait()
+        await self._drain()
+        sweeper.cancel()
+        heartbeat.cancel()
+        for handoff in self.handoffs:
+            await handoff.close()
+        log("worker_stopped", server=self.id, messages=self.messages)
+        flush()
+
+    def _listen(self, name: str, sock: socket.socket) -> None:
+        """Accept in a reader callback, not a task: stopping (``remove_reader``) can then
+        never drop a connection that the kernel already handed over."""
+        self._loop.add_reader(sock.fileno(), self._accept, name, sock)
+
+    def _accept(self, name: str, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in ACCEPT_CAPACITY_ERRNOS:
+                    self._back_off(name, sock, error)
+                    return
+                continue  # ECONNABORTED and the like: that client is gone
+            self._backoff = ACCEPT_BACKOFF_MIN
+            self._start_session(name, conn)
+
+    def _back_off(self, name: str, sock: socket.socket, error: OSError) -> None:
+        log("accept_backoff", level=30, server=self.id, error=os.strerror(error.errno or 0))
+        self._loop.remove_reader(sock.fileno())
+        self._loop.call_later(self._backoff, self._resume_accepting, name, sock)
+        self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
+
+    def _resume_accepting(self, name: str, sock: socket.socket) -> None:
+        if not self.draining.is_set():
+            self._listen(name, sock)
+
+    def _start_session(self, name: str, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        ip = _ip_of(conn)
+        limits = self.config.sessions
+        full = len(self.sessions) >= limits.per_worker or self.per_ip[ip] >= limits.per_client_ip
+        session = Session(self, name, TOO_MANY_SESSIONS if full else None)
+        self.sessions.add(session)
+        self.per_ip[ip] += 1
+        session.client_ip = ip
+        self._loop.create_task(self._connect(session, conn))
+
+    async def _connect(self, session: Session, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: session, conn)
+        except OSError:
+            self.session_closed(session)
+            conn.close()
+
+    def session_closed(self, session: Session) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.per_ip[session.client_ip] -= 1
+            if self.per_ip[session.client_ip] <= 0:
+                del self.per_ip[session.client_ip]
+
+    async def deliver(self, message: M.Message) -> Delivery:
+        if len(self.handoffs) == 1:
+            return await self.handoffs[0].deliver(message)
+        results = await asyncio.gather(*(h.deliver(message) for h in self.handoffs))
+        return combine(results)
+
+    # --- deadlines, heartbeats, control -----------------------------------------------
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = self.clock()
+            for session in [s for s in self.sessions if s.expired(now)]:
+                log("session_timeout", connection=session.id, server=self.id)
+                session.shutdown(TIMEOUT)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._send(
+                {"type": "heartbeat", "sessions": len(self.sessions), "messages": self.messages}
+            )
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _send(self, message: dict[str, object]) -> None:
+        if self.control is None:
+            return
+        try:
+            self.control.send(json.dumps(message).encode())
+        except BlockingIOError:
+            pass  # the supervisor is slow to read; the next heartbeat will do
+        except OSError:
+            self._lost_supervisor()
+
+    def _on_control(self) -> None:
+        assert self.control is not None
+        try:
+            data = self.control.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._lost_supervisor()
+            return
+        with contextlib.suppress(ValueError):
+            message = json.loads(data)
+            if isinstance(message, dict) and message.get("type") == "drain":
+                self.drain_deadline = float(message.get("deadline", self.drain_deadline))
+                self.draining.set()
+
+    def _lost_supervisor(self) -> None:
+        if self.control is not None:
+            self._loop.remove_reader(self.control.fileno())
+            self.control.close()
+            self.control = None
+        log("supervisor_lost", level=30, server=self.id)
+        self.draining.set()
+
+    # --- drain -------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        for _, sock in self.listeners:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._send({"type": "stopping"})
+        log(
+            "worker_draining",
+            server=self.id,
+            sessions=len(self.sessions),
+            deadline=self.drain_deadline,
+        )
+        end = self.clock() + self.drain_deadline
+        while self.sessions and self.clock() < end:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.shutdown(SHUTDOWN)
+        # Handoffs in progress finish (their messages may already be durable).
+        end = self.clock() + self.config.timeouts.handoff
+        while self.sessions and self.clock() < end:
+            await asyncio.sleep(0.05)
+            for session in list(self.sessions):
+                session.shutdown(SHUTDOWN)
+        await asyncio.sleep(0)  # let transports flush their last replies
+
+
+def _ip_of(conn: socket.socket) -> str:
+    try:
+        address = conn.getpeername()
+    except OSError:
+        return ""
+    ip = str(address[0]) if isinstance(address, tuple) else ""
+    return ip.removeprefix("::ffff:")

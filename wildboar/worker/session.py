@@ -1,0 +1,305 @@
+"""One SMTP session: an ``asyncio.Protocol`` that moves bytes between a client socket and a
+``wildboar.smtp.ServerConnection``, answers its questions, and hands accepted messages to
+the handoffs.
+
+Owns: per-connection I/O, flow control (reading pauses while the core holds a large
+backlog, e.g. input pipelined behind a message being made durable, and while the client is
+not reading our replies), the session's deadline (checked by the worker's sweeper), the
+message record.
+Must not know: how handoffs store messages, how sockets were obtained.
+Security: a client controls everything that arrives here; the core parses it with bounded
+memory, this class only buffers message content (bounded by the message size limit) and
+never writes anything but the core's replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from .. import message as M
+from .. import smtp
+from ..handoff.base import Delivery
+from .logs import log
+
+if TYPE_CHECKING:
+    from .serve import Worker
+
+# Read no more while the core holds this much unparsed input (pipelined commands).
+BACKLOG_HIGH_WATER = 256 * 1024
+SHUTDOWN = smtp.Reply(421, "4.3.2", "Service shutting down, try again later")
+TIMEOUT = smtp.Reply(421, "4.4.2", "Error: timeout exceeded")
+TOO_MANY_SESSIONS = smtp.Reply(421, "4.7.0", "Error: too many connections, try again later")
+HANDOFF_TIMEOUT = smtp.Reply(451, "4.3.0", "Error: queue timeout, try again later")
+LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Error: local problem, try again later")
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _endpoint(address: object) -> tuple[str, int | None]:
+    if isinstance(address, tuple):
+        return str(address[0]), int(address[1])
+    return str(address or ""), None
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, worker: Worker, listener: str, refuse: smtp.Reply | None) -> None:
+        self.worker = worker
+        self.listener = listener
+        self.refuse = refuse
+        config = worker.config
+        self.conn = smtp.ServerConnection(
+            config.hostname, limits=config.limits, extensions=config.extensions
+        )
+        self.id = M.new_urn()
+        self.created = _now()
+        self.transport: asyncio.Transport | None = None
+        self.deadline = worker.clock() + config.timeouts.command
+        self.client_ip = ""
+        self.record: M.Connection | None = None
+        self.transaction: tuple[str, datetime.datetime] | None = None
+        self.content: list[bytes] = []
+        self.delivering: asyncio.Task[None] | None = None
+        self.paused_reasons: set[str] = set()
+        self._output: list[bytes] = []
+        self.closed = False
+        self.messages = 0
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = _endpoint(transport.get_extra_info("peername"))
+        local = _endpoint(transport.get_extra_info("sockname"))
+        sock = transport.get_extra_info("socket")
+        family = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}.get(sock.family, "unix")
+        if family == "ipv6" and peer[0].startswith("::ffff:"):
+            family = "ipv4"
+            peer = (peer[0].removeprefix("::ffff:"), peer[1])
+        self.client_ip = peer[0]
+        self.record = M.Connection(
+            id=self.id,
+            creation_time=self.created,
+            remote=M.Remote(family=family, address=peer[0], port=peer[1]),  # type: ignore[arg-type]
+            local=M.Local(address=local[0], port=local[1]),
+        )
+        self._touch()
+        log(
+            "connection_open",
+            connection=self.id,
+            server=self.worker.id,
+            listener=self.listener,
+            remote=peer[0],
+            remote_port=peer[1],
+        )
+        self._process()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self._process()
+        return True  # we close once the core says so, after pending replies
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.delivering is None:
+            self.worker.session_closed(self)
+        log("connection_close", connection=self.id, server=self.worker.id, messages=self.messages)
+
+    def pause_writing(self) -> None:
+        self._pause("writing")
+
+    def resume_writing(self) -> None:
+        self._resume("writing")
+
+    # --- driving the core ---------------------------------------------------------
+
+    def _process(self) -> None:
+        progressed = False
+        while not self.closed:
+            event = self.conn.next_event()
+            if event is smtp.NEED_DATA or event is smtp.PAUSED:
+                break
+            progressed = True
+            self._handle(event)
+        replies = self._take_output()
+        if progressed or replies:
+            # The deadline runs per command line or piece of content, not per read: a
+            # client dripping one byte at a time cannot hold a session open for ever.
+            self._touch()
+        self._write(replies)
+        if self.conn.input_backlog > BACKLOG_HIGH_WATER:
+            self._pause("backlog")
+        else:
+            self._resume("backlog")
+
+    def _handle(self, event: smtp.Event) -> None:
+        if type(event) is smtp.MessageData:
+            self.content.append(event.data)
+        elif type(event) is smtp.MessageComplete:
+            # No pause_reading here: while the question waits the core consumes nothing,
+            # and the backlog mark in _process stops reading if the client sends on.
+            self.delivering = asyncio.get_running_loop().create_task(self._deliver(event))
+        elif type(event) is smtp.MailFrom:
+            self.transaction = (M.new_urn(), _now())
+            self._answer(smtp.Accept())
+        elif type(event) is smtp.TransactionAborted:
+            self._aborted(event)
+        elif type(event) is smtp.ConnectionClosed:
+            self._close()
+        elif type(event) is smtp.ClientConnected:
+            self._answer(self.refuse or smtp.Accept())
+        else:
+            self._answer(smtp.Accept())
+
+    def _answer(self, answer: smtp.Answer) -> None:
+        # Collected, not written: the replies to a pipelined group leave in one write.
+        self._output.append(self.conn.send(answer))
+
+    def _take_output(self) -> bytes:
+        self._output.append(self.conn.data_to_send())
+        data = b"".join(self._output)
+        self._output.clear()
+        return data
+
+    def _flush(self) -> None:
+        self._write(self._take_output())
+
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _aborted(self, event: smtp.TransactionAborted) -> None:
+        self.content.clear()
+        if event.reply is not None and self.transaction is not None:
+            log(
+                "message_refused",
+                connection=self.id,
+                transaction=self.transaction[0],
+                reply=event.reply.to_bytes().decode().strip(),
+            )
+        self.transaction = None
+
+    def _close(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- handoff -------------------------------------------------------------------
+
+    async def _deliver(self, event: smtp.MessageComplete) -> None:
+        record = self._message(event.envelope)
+        self.content.clear()
+        try:
+            async with asyncio.timeout(self.worker.config.timeouts.handoff):
+                delivery = await self.worker.deliver(record)
+        except TimeoutError:
+            delivery = Delivery(ok=False, reply=HANDOFF_TIMEOUT)
+        except Exception as bug:  # a handoff's bug must not leave the client hanging
+            log("handoff_error", level=40, message=record.email.id, error=repr(bug))
+            delivery = Delivery(ok=False, reply=LOCAL_ERROR)
+        self._delivered(record, delivery)
+
+    def _delivered(self, record: M.Message, delivery: Delivery) -> None:
+        self.delivering = None
+        if delivery.ok:
+            self.messages += 1
+            self.worker.messages += 1
+            answer: smtp.Answer = smtp.Accept(f"Ok: queued as {record.email.id}")
+        else:
+            answer = delivery.reply or HANDOFF_TIMEOUT
+        log(
+            "message_accepted" if delivery.ok else "message_deferred",
+            connection=self.id,
+            transaction=record.transaction.id,
+            message=record.email.id,
+            sender=record.email.sender,
+            recipients=len(record.email.to),
+            size=record.email.size,
+            reply=None if delivery.ok else answer.to_bytes().decode().strip(),  # type: ignore[union-attr]
+        )
+        if self.closed:
+            self.worker.session_closed(self)
+            return
+        self._answer(answer)
+        self.transaction = None
+        self._touch()
+        self._process()
+
+    def _message(self, envelope: smtp.Envelope) -> M.Message:
+        assert self.record is not None and self.transaction is not None
+        message_id = M.new_urn()
+        now = _now()
+        received = smtp.received_header(
+            envelope,
+            by=self.conn.hostname,
+            client_address=self.client_ip,
+            when=now,
+            id=message_id.removeprefix("urn:uuid:"),
+        )
+        txn_id, txn_time = self.transaction
+        return M.Message(
+            server=self.worker.server_record,
+            connection=self.record,
+            transaction=M.Transaction(
+                id=txn_id,
+                creation_time=txn_time,
+                helo_name=envelope.helo,
+                protocol=envelope.protocol,
+            ),
+            email=M.build_email(
+                envelope,
+                id=message_id,
+                creation_time=now,
+                received=received,
+                content=b"".join(self.content),
+            ),
+        )
+
+    # --- flow control, deadlines, shutdown --------------------------------------------
+
+    def _pause(self, reason: str) -> None:
+        if not self.paused_reasons and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.paused_reasons.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self.paused_reasons:
+            return
+        self.paused_reasons.discard(reason)
+        if not self.paused_reasons and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def _touch(self) -> None:
+        """Restart the clock for the next command (or the next piece of content)."""
+        timeouts = self.worker.config.timeouts
+        in_data = self.conn.state in (smtp.State.DATA, smtp.State.BDAT)
+        self.deadline = self.worker.clock() + (timeouts.data_block if in_data else timeouts.command)
+
+    def expired(self, now: float) -> bool:
+        return self.delivering is None and now >= self.deadline and not self.closed
+
+    def shutdown(self, reply: smtp.Reply) -> None:
+        """Close now with ``reply`` (timeout, end of drain); a pending handoff finishes first.
+
+        A session whose connection is not made yet is left alone: it is shut down on a
+        later call, after its greeting question exists."""
+        if self.closed or self.delivering is not None or self.transport is None:
+            return
+        if self.conn.state is not smtp.State.CLOSED:
+            self._answer(reply)
+        self._process()
+        if self.transport is not None:
+            self.transport.close()
+
+
+SessionFactory = Callable[[], Session]
