@@ -19,6 +19,8 @@ Behaviour the tests ask for, through the environment:
     ECHO_WORKER_HOLD=S             keep each connection open S seconds after the banner, then
                                    write ``221 2.0.0 done <pid>`` and close
     ECHO_WORKER_IGNORE_DRAIN=1     answer drain with stopping, then carry on serving
+    ECHO_WORKER_SLOW_DRAIN=S       on drain, keep accepting S seconds before closing the
+                                   listeners and saying stopping
     ECHO_WORKER_HEARTBEAT=S        seconds between heartbeats (default 1)
     ECHO_WORKER_GARBAGE=1          after ready, send messages that break the contract
 """
@@ -69,6 +71,8 @@ class EchoWorker:
         self.interval = env_float("ECHO_WORKER_HEARTBEAT", 1.0)
         self.silent = self._silent_once()
         self.drain_until: float | None = None
+        self.slow_drain = env_float("ECHO_WORKER_SLOW_DRAIN", 0.0)
+        self.drain_due: tuple[float, float] | None = None  # (when, deadline) of a slow drain
         self.stopping = False
         self.next_heartbeat = 0.0
         self.terminated = False
@@ -155,20 +159,25 @@ class EchoWorker:
             return
         message = json.loads(data)
         if message.get("type") == "drain":
-            self.begin_drain(float(message["deadline"]))
+            if self.slow_drain and self.drain_due is None:
+                self.drain_due = (time.monotonic() + self.slow_drain, float(message["deadline"]))
+            else:
+                self.begin_drain(float(message["deadline"]))
 
     def begin_drain(self, deadline: float) -> None:
         if self.stopping:
             return
         self.stopping = True
-        self.send({"type": "stopping"})
-        say("draining", deadline=deadline, sessions=len(self.sessions))
         if os.environ.get("ECHO_WORKER_IGNORE_DRAIN") == "1":
+            self.send({"type": "stopping"})
+            say("draining", deadline=deadline, sessions=len(self.sessions))
             return
         for sock in self.listeners:
             self.selector.unregister(sock)
             sock.close()
         self.listeners = []
+        self.send({"type": "stopping"})  # as the real worker: listeners closed, then stopping
+        say("draining", deadline=deadline, sessions=len(self.sessions))
         self.drain_until = time.monotonic() + deadline
 
     def drained(self, now: float) -> bool:
@@ -197,6 +206,8 @@ class EchoWorker:
                 else:
                     self.on_control()
             now = time.monotonic()
+            if self.drain_due is not None and now >= self.drain_due[0]:
+                self.begin_drain(self.drain_due[1])
             if self.terminated:
                 self.begin_drain(EOF_DRAIN_DEADLINE)
             self.finish_due(now)

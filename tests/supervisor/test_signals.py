@@ -111,6 +111,22 @@ def test_hup_replaces_every_worker_without_refusing_a_connection(
     assert sup.process.poll() is None
 
 
+def test_reloaded_means_no_old_worker_still_accepts(
+    supervisors: Callable[..., Supervisor],
+) -> None:
+    # Old workers take a while to close their listeners after they are told to drain: the
+    # supervisor must not say "reloaded" (nor READY=1) before they have.
+    sup = start(supervisors, "--workers", "2", ECHO_WORKER_SLOW_DRAIN="1.5")
+    port = sup.port()
+    old = sup.wait_serving(2)
+    sup.signal(signal.SIGHUP)
+    sup.wait_event("reloaded", timeout=20)
+    pids = {banner_pid(banner(port)) for _ in range(20)}
+    assert not pids & old, sup.output()
+    for pid in old:
+        assert sup.find("worker_stopping", pid=pid), sup.output()
+
+
 def test_hup_with_a_successor_that_cannot_boot_keeps_the_old_workers(
     supervisors: Callable[..., Supervisor], shared_tmp: Path
 ) -> None:
