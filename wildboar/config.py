@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -86,6 +87,58 @@ class Spool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch: Positive = 64
 
 
+class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The AMQP handoff (RabbitMQ): where to publish and what to do when the broker is away."""
+
+    #: Broker URLs (pika's URL syntax), tried in order: the first that answers is used.
+    urls: list[str] = msgspec.field(
+        default_factory=lambda: ["amqp://guest:guest@127.0.0.1:5672/%2F"]
+    )
+    #: Prepended to every exchange and queue name (``prod.`` -> ``prod.accepted.inbound.email``).
+    prefix: str = ""
+    #: Routing key of accepted and rejected messages: the stage they leave.
+    routing_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "after.smtp"
+    #: Declare a default queue per exchange (``quorum``, recommended, or ``classic`` lazy).
+    declare_queues: bool = True
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    #: The record's encoding: ``application/json`` or ``application/msgpack``.
+    format: Literal["json", "msgpack"] = "json"
+    #: Publish connection, transaction and rejection events to the topic exchange ``events``.
+    events: bool = True
+    #: A publish not confirmed within this time is a failure (451 or store-and-forward).
+    confirm_timeout: Seconds = 30.0
+    connect_timeout: Seconds = 10.0
+    reconnect_min: Seconds = 0.5
+    reconnect_max: Seconds = 30.0
+    heartbeat: Annotated[int, msgspec.Meta(ge=0)] = 60
+    #: While the broker cannot take a message, spool it (250) and publish it once it is back.
+    store_and_forward: bool = False
+    #: The store-and-forward spool; empty: ``<spool.path>/amqp``.
+    buffer: str = ""
+    #: Without store-and-forward, a broker outage refuses sessions at ``connect`` (421 4.3.2)
+    #: or transactions at ``mail`` (451 4.3.0).
+    when_down: Literal["connect", "mail"] = "connect"
+
+    def __post_init__(self) -> None:
+        for url in self.urls:
+            parsed = urllib.parse.urlsplit(url)
+            if parsed.scheme not in ("amqp", "amqps") or not parsed.hostname:
+                raise ValueError(f"{_without_password(url)!r} is not an amqp:// or amqps:// URL")
+        if not self.urls:
+            raise ValueError("urls: at least one broker URL is needed")
+
+    def exchange(self, name: str) -> str:
+        return self.prefix + name
+
+
+def _without_password(url: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(":" + parsed.password + "@", ":***@", 1)
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: This configuration's identity, new at every load.
     id: str = msgspec.field(default_factory=new_urn)
@@ -96,13 +149,21 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     workers: Positive = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
     user: str = "wildboar"
     group: str = "wildboar"
-    handoff: list[Literal["spool", "discard"]] = msgspec.field(default_factory=lambda: ["spool"])
+    handoff: list[Literal["spool", "amqp", "discard"]] = msgspec.field(
+        default_factory=lambda: ["spool"]
+    )
     spool: Spool = Spool()
+    amqp: Amqp = Amqp()
     limits: Limits = Limits()
     extensions: Extensions = Extensions()
     timeouts: Timeouts = Timeouts()
     sessions: Sessions = Sessions()
     log_format: Literal["auto", "json", "journal"] = "auto"
+
+    @property
+    def amqp_buffer(self) -> str:
+        """The AMQP store-and-forward spool: ``amqp.buffer``, else ``<spool.path>/amqp``."""
+        return self.amqp.buffer or os.path.join(self.spool.path, "amqp")
 
 
 class ConfigError(Exception):
@@ -115,6 +176,7 @@ class ConfigError(Exception):
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "spool": Spool,
+    "amqp": Amqp,
     "limits": Limits,
     "extensions": Extensions,
     "timeouts": Timeouts,
@@ -212,7 +274,10 @@ def _section(name: str, value: Any, errors: list[str]) -> Any:
         if key not in fields:
             errors.append(f"{name}.{key}: unknown key")
         else:
-            converted[key] = _convert(f"{name}.{key}", item, fields[key].type, errors)
+            raw = item
+            if isinstance(item, str) and _is_list(fields[key].type):
+                raw = [part.strip() for part in item.split(",") if part.strip()]  # env
+            converted[key] = _convert(f"{name}.{key}", raw, fields[key].type, errors)
     if len(errors) > before:
         return None
     try:
@@ -220,6 +285,10 @@ def _section(name: str, value: Any, errors: list[str]) -> Any:
     except msgspec.ValidationError as error:
         errors.append(f"{name}: {error}")
         return None
+
+
+def _is_list(type_: Any) -> bool:
+    return getattr(type_, "__origin__", None) is list
 
 
 def _listeners(value: Any, errors: list[str]) -> list[Listener]:
@@ -294,7 +363,16 @@ def config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spool", metavar="DIR", help="spool directory")
     parser.add_argument("--hostname", help="this server's name in replies and headers")
     parser.add_argument(
-        "--handoff", action="append", choices=["spool", "discard"], help="delivery target"
+        "--handoff",
+        action="append",
+        choices=["spool", "amqp", "discard"],
+        help="delivery target (repeatable: every one must take the message)",
+    )
+    parser.add_argument(
+        "--amqp-url",
+        action="append",
+        metavar="URL",
+        help="RabbitMQ URL (repeatable, tried in order); implies --handoff amqp",
     )
 
 
@@ -307,4 +385,8 @@ def flags_of(args: argparse.Namespace) -> dict[str, object]:
     }
     if args.spool is not None:
         flags["spool"] = {"path": args.spool}
+    if args.amqp_url:
+        flags["amqp"] = {"urls": args.amqp_url}
+        if not args.handoff:
+            flags["handoff"] = ["amqp"]
     return flags

@@ -119,12 +119,22 @@ class Email(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     envid: str | None = None
 
 
+class Rejection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Why the server refused a message after its content: the reply the client got."""
+
+    code: Annotated[int, msgspec.Meta(ge=400, le=599)]
+    enhanced: str
+    text: str
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     version: int = SCHEMA_VERSION
     server: Server
     connection: Connection
     transaction: Transaction
     email: Email
+    #: Set only on records published to the rejected exchange.
+    rejection: Rejection | None = None
 
 
 def build_email(

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import errno
 import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import pytest
-import uvloop
 
+from tests.records import make_message, run
 from wildboar import message as M
 from wildboar import smtp
 from wildboar.handoff import (
@@ -42,59 +41,11 @@ from wildboar.handoff import (
     local_failure,
 )
 
-T = TypeVar("T")
-NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
 PERMANENT = smtp.Reply(554, "5.0.0", "Refused")
 OTHER_TEMPORARY = smtp.Reply(421, "4.3.2", "Going down")
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a uvloop event loop, as the worker does."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
-def make_message(
-    sender: str = "alice@example.org",
-    to: tuple[str, ...] = ("bob@example.net",),
-    content: bytes = b"Subject: hello\r\n\r\nHello, Bob.\r\n",
-) -> M.Message:
-    """A record built the way the worker builds one (see ``wildboar.cli.Replay.accept``)."""
-    envelope = smtp.Envelope(
-        helo="client.example.com",
-        protocol="ESMTP",
-        sender=sender,
-        mail=smtp.MailParams(body="8BITMIME"),
-        recipients=tuple(smtp.Recipient(address) for address in to),
-        size=len(content),
-        chunked=False,
-    )
-    message_id = M.new_urn()
-    received = smtp.received_header(
-        envelope,
-        by="mx.example.org",
-        client_address="192.0.2.10",
-        when=NOW,
-        id=message_id.removeprefix("urn:uuid:"),
-    )
-    return M.Message(
-        server=M.Server(id=M.new_urn(), creation_time=NOW, hostname="mx.example.org"),
-        connection=M.Connection(
-            id=M.new_urn(),
-            creation_time=NOW,
-            remote=M.Remote(family="ipv4", address="192.0.2.10", port=49152),
-            local=M.Local(address="127.0.0.1", port=2525),
-        ),
-        transaction=M.Transaction(
-            id=M.new_urn(), creation_time=NOW, helo_name="client.example.com", protocol="ESMTP"
-        ),
-        email=M.build_email(
-            envelope, id=message_id, creation_time=NOW, received=received, content=content
-        ),
-    )
 
 
 def uuid_of(message: M.Message) -> str:

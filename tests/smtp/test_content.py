@@ -87,7 +87,11 @@ def test_message_size_limit_drains_then_refuses(bytewise: bool) -> None:
     assert client.round(stuff(content)) == ["552 5.3.4"]
     assert client.accepted == []
     aborted = [e for e in client.events if isinstance(e, smtp.TransactionAborted)]
-    assert aborted == [smtp.TransactionAborted("refused", aborted[0].reply)]
+    assert [(e.reason, e.reply and e.reply.code) for e in aborted] == [("refused", 552)]
+    # The refused transaction's envelope comes with it, for a record of the rejection.
+    envelope = aborted[0].envelope
+    assert envelope is not None
+    assert envelope.recipients and envelope.size > limits.message_size
     assert client.round(b"NOOP\r\n") == ["250 2.0.0"]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import errno
 from collections.abc import Iterable
+from typing import Any, Literal
 
 import msgspec
 
@@ -111,3 +112,18 @@ class Handoff(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Finish deliveries in progress and release resources."""
+
+    def refusal(self, stage: Literal["connect", "mail"]) -> smtp.Reply | None:
+        """The reply that turns a new session (``connect``) or transaction (``mail``) away
+        while this target cannot take mail, or None. Default: never."""
+        return None
+
+    def rejected(self, message: Message) -> None:
+        """A message refused after its content (``message.rejection`` says why), for targets
+        that keep a record of rejections. Must not block; default: ignore it."""
+        return None
+
+    def event(self, event: str, fields: dict[str, Any]) -> None:
+        """A connection, transaction or rejection event, for targets that publish them.
+        Must not block; default: ignore it."""
+        return None

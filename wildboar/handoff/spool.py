@@ -27,6 +27,7 @@ import asyncio
 import builtins
 import collections
 import contextlib
+import datetime
 import errno
 import fcntl
 import logging
@@ -381,6 +382,8 @@ class Entry(msgspec.Struct, frozen=True):
     id: str
     #: When it was committed (the file's mtime), seconds since the epoch.
     mtime: float
+    #: When the server accepted it (the record's ``email.creationTime``).
+    created: datetime.datetime
     #: Bytes on disk.
     size: int
     sender: str
@@ -388,6 +391,7 @@ class Entry(msgspec.Struct, frozen=True):
 
 
 class _EnvelopeEmail(msgspec.Struct):
+    creation_time: datetime.datetime = msgspec.field(name="creationTime")
     sender: str = msgspec.field(name="from")
     to: list[str] = msgspec.field(default_factory=list)
 
@@ -418,9 +422,12 @@ class Spool:
         return len(self.uuids())
 
     def list(self) -> builtins.list[Entry]:
-        """Every durable message, oldest first."""
+        """Every durable message, oldest first: in the order the server accepted them (file
+        times are too coarse to order the messages of one group commit)."""
         entries = (self._entry(uuid) for uuid in self.uuids())
-        return sorted((e for e in entries if e is not None), key=lambda e: (e.mtime, e.id))
+        return sorted(
+            (e for e in entries if e is not None), key=lambda e: (e.created, e.mtime, e.id)
+        )
 
     def load(self, message_id: str) -> Message:
         """The message with ``urn:uuid:<uuid>`` or bare ``<uuid>`` ``message_id``."""
@@ -465,7 +472,9 @@ class Spool:
         except msgspec.DecodeError as error:
             raise self._corrupt(uuid, error) from None
         urn = _URN_PREFIX + uuid
-        return Entry(urn, stat.st_mtime, stat.st_size, email.sender, tuple(email.to))
+        return Entry(
+            urn, stat.st_mtime, email.creation_time, stat.st_size, email.sender, tuple(email.to)
+        )
 
     def _read(self, uuid: str) -> tuple[bytes, os.stat_result]:
         path = self.layout.final(uuid)

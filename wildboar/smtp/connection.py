@@ -509,7 +509,7 @@ class ServerConnection:
     def _fail(self, reply: Reply) -> None:
         assert self._txn is not None
         self._txn.failed = reply
-        self._events.append(TransactionAborted("refused", reply))
+        self._events.append(TransactionAborted("refused", reply, self._envelope(self._txn)))
 
     def _end_of_chunk(self) -> None:
         txn = self._txn

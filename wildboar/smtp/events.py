@@ -125,11 +125,14 @@ class TransactionAborted(msgspec.Struct, frozen=True):
     """Information: the open transaction ended without a message; drop its content.
 
     ``reply`` is the refusal the core sent when it refused the content itself (size,
-    bare newline, NUL, long line, loop); None when the client reset or left.
+    bare newline, NUL, long line, loop); None when the client reset or left. With a
+    refusal, ``envelope`` is the transaction's envelope (``size``: the octets taken before
+    the refusal), so the caller can record what it refused.
     """
 
     reason: Literal["reset", "hello", "quit", "closed", "refused"]
     reply: Reply | None = None
+    envelope: Envelope | None = None
 
 
 class ConnectionClosed(msgspec.Struct, frozen=True):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import uvloop
 
 from ..config import Config, ConfigError, config_flags, flags_of, load
+from ..handoff.amqp import AmqpHandoff
 from ..handoff.base import Handoff, HandoffStartError
 from ..handoff.discard import DiscardHandoff
 from ..handoff.spool import SpoolHandoff
@@ -41,6 +42,14 @@ def build_handoffs(config: Config) -> list[Handoff]:
     for name in config.handoff:
         if name == "spool":
             handoffs.append(SpoolHandoff(config.spool.path, config.spool.batch))
+        elif name == "amqp":
+            handoffs.append(
+                AmqpHandoff(
+                    config.amqp,
+                    buffer=config.amqp_buffer,
+                    connection_name=f"wildboar {config.hostname} pid {os.getpid()}",
+                )
+            )
         else:
             handoffs.append(DiscardHandoff())
     return handoffs

@@ -16,6 +16,7 @@ import datetime
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -77,6 +78,23 @@ class _Lines:
 
 
 _lines: _Lines | None = None
+#: Receivers of these events besides the log (the AMQP ``events`` exchange).
+FORWARDED = frozenset(
+    {
+        "connection_open",
+        "connection_close",
+        "message_accepted",
+        "message_deferred",
+        "message_refused",
+        "session_timeout",
+    }
+)
+_sinks: list[Callable[[str, dict[str, Any]], None]] = []
+
+
+def add_sink(sink: Callable[[str, dict[str, Any]], None]) -> None:
+    """Also hand every ``FORWARDED`` event to ``sink(event, fields)``; it must not block."""
+    _sinks.append(sink)
 
 
 def flush() -> None:
@@ -103,6 +121,9 @@ def setup(log_format: str, level: int = logging.INFO) -> None:
 
 def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log ``event`` with ``fields``; journald gets them as upper-case fields."""
+    if _sinks and event in FORWARDED:
+        for sink in _sinks:
+            sink(event, fields)
     if not LOGGER.isEnabledFor(level):
         return
     if _lines is not None:

@@ -20,11 +20,13 @@ import os
 import signal
 import socket
 from collections import Counter
+from typing import Literal
 
 from .. import message as M
+from .. import smtp
 from ..config import Config
 from ..handoff.base import Delivery, Handoff, combine
-from .logs import flush, log
+from .logs import add_sink, flush, log
 from .session import SHUTDOWN, TIMEOUT, TOO_MANY_SESSIONS, Session
 
 # trio's ACCEPT_CAPACITY_ERRNOS: out of descriptors or kernel memory. Back off, retry.
@@ -62,6 +64,10 @@ class Worker:
         self.drain_deadline = config.timeouts.drain
         self._loop = asyncio.get_running_loop()
         self._backoff = ACCEPT_BACKOFF_MIN
+        self._rejecting = [h for h in handoffs if type(h).rejected is not Handoff.rejected]
+        for handoff in handoffs:
+            if type(handoff).event is not Handoff.event:
+                add_sink(handoff.event)
 
     def clock(self) -> float:
         return self._loop.time()
@@ -148,6 +154,22 @@ class Worker:
             self.per_ip[session.client_ip] -= 1
             if self.per_ip[session.client_ip] <= 0:
                 del self.per_ip[session.client_ip]
+
+    def refusal(self, stage: Literal["connect", "mail"]) -> smtp.Reply | None:
+        """Why a new session or transaction cannot be served now (a handoff is down)."""
+        for handoff in self.handoffs:
+            reply = handoff.refusal(stage)
+            if reply is not None:
+                return reply
+        return None
+
+    @property
+    def records_rejections(self) -> bool:
+        return bool(self._rejecting)
+
+    def rejected(self, message: M.Message) -> None:
+        for handoff in self._rejecting:
+            handoff.rejected(message)
 
     async def deliver(self, message: M.Message) -> Delivery:
         if len(self.handoffs) == 1:

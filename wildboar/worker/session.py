@@ -150,6 +150,10 @@ class Session(asyncio.Protocol):
             # and the backlog mark in _process stops reading if the client sends on.
             self.delivering = asyncio.get_running_loop().create_task(self._deliver(event))
         elif type(event) is smtp.MailFrom:
+            refusal = self.worker.refusal("mail")
+            if refusal is not None:
+                self._answer(refusal)
+                return
             self.transaction = (M.new_urn(), _now())
             self._answer(smtp.Accept())
         elif type(event) is smtp.TransactionAborted:
@@ -157,7 +161,7 @@ class Session(asyncio.Protocol):
         elif type(event) is smtp.ConnectionClosed:
             self._close()
         elif type(event) is smtp.ClientConnected:
-            self._answer(self.refuse or smtp.Accept())
+            self._answer(self.refuse or self.worker.refusal("connect") or smtp.Accept())
         else:
             self._answer(smtp.Accept())
 
@@ -179,7 +183,6 @@ class Session(asyncio.Protocol):
             self.transport.write(data)
 
     def _aborted(self, event: smtp.TransactionAborted) -> None:
-        self.content.clear()
         if event.reply is not None and self.transaction is not None:
             log(
                 "message_refused",
@@ -187,6 +190,13 @@ class Session(asyncio.Protocol):
                 transaction=self.transaction[0],
                 reply=event.reply.to_bytes().decode().strip(),
             )
+            if event.envelope is not None and self.worker.records_rejections:
+                reply = event.reply
+                rejection = M.Rejection(
+                    code=reply.code, enhanced=reply.status or "", text=" ".join(reply.lines)
+                )
+                self.worker.rejected(self._message(event.envelope, rejection))
+        self.content.clear()
         self.transaction = None
 
     def _close(self) -> None:
@@ -235,7 +245,7 @@ class Session(asyncio.Protocol):
         self._touch()
         self._process()
 
-    def _message(self, envelope: smtp.Envelope) -> M.Message:
+    def _message(self, envelope: smtp.Envelope, rejection: M.Rejection | None = None) -> M.Message:
         assert self.record is not None and self.transaction is not None
         message_id = M.new_urn()
         now = _now()
@@ -263,6 +273,7 @@ class Session(asyncio.Protocol):
                 received=received,
                 content=b"".join(self.content),
             ),
+            rejection=rejection,
         )
 
     # --- flow control, deadlines, shutdown --------------------------------------------

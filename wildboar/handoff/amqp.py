@@ -1,0 +1,508 @@
+"""The AMQP handoff: publish every accepted message to RabbitMQ, ``250`` only once the broker
+has confirmed it.
+
+Owns: one broker connection per worker (pika's asyncio adapter on the worker's uvloop
+loop), failover across the configured URLs in order, reconnection with back-off, the
+topology (declared at every connect), a channel in confirm mode shared by every session
+(many publishes in flight, each waiting for its own confirm), mandatory publishing (an
+unroutable message is returned and counts as a failure), the store-and-forward buffer (a
+spool, drained in order once the broker is back), the rejected exchange and the
+fire-and-forget ``events`` exchange.
+Must not know: sessions or SMTP syntax; the outcome is a ``Delivery``.
+Security: the broker is trusted, but its failures never reach a client as text: every
+failure is the catalogue reply ``451 4.3.0``. Broker credentials live in the URLs of the
+configuration and are never logged (only host and port are).
+
+Outcomes of one publish (``deliver``):
+
+- ``basic.ack`` for it (alone or ``multiple``) and no ``basic.return`` before: durable;
+- ``basic.nack``, a ``basic.return`` (no queue bound for the routing key), the channel or
+  connection closing before the confirm, the connection being blocked by a broker alarm, no
+  confirm within ``confirm_timeout``, or no broker at all: a failure. With
+  ``store_and_forward`` the message then goes to the buffer spool and the client gets
+  ``250``; otherwise ``451 4.3.0``. A message the broker may have stored without our seeing
+  the confirm can so be published twice: consumers de-duplicate on ``message_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+import pika
+import pika.exceptions
+import pika.spec
+from pika.adapters.asyncio_connection import AsyncioConnection
+
+from .. import smtp
+from ..config import Amqp
+from ..message import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Message, encode
+from .base import DELIVERED, LOCAL_PROBLEM, Delivery, Handoff, HandoffStartError, failed
+from .spool import Spool, SpoolError, SpoolHandoff
+
+log = logging.getLogger("wildboar.handoff")
+# pika logs every failed connection attempt at ERROR, several lines each; this module says
+# once, in one line, what failed and what it does about it.
+logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+ACCEPTED = "accepted.inbound.email"
+REJECTED = "rejected.inbound.email"
+EXCHANGES = (ACCEPTED, REJECTED, "accepted.outbound.email", "rejected.outbound.email")
+EVENTS = "events"
+#: RFC 3463 X.3.2 "System not accepting network messages", at connect (RFC 5321 §3.8: 421).
+BROKER_DOWN_AT_CONNECT = smtp.Reply(
+    421, "4.3.2", "Service not available, message queue unreachable, try again later"
+)
+BROKER_DOWN_AT_MAIL = smtp.Reply(451, "4.3.0", "Error: message queue unreachable, try again later")
+#: How long ``start`` waits for the first connection before serving without one.
+START_WAIT = 5.0
+#: Messages the drain publishes before it waits for their confirms.
+DRAIN_WINDOW = 64
+#: Between two looks at an idle or locked buffer.
+DRAIN_IDLE = 2.0
+
+
+class BrokerError(Exception):
+    """A broker operation failed; ``str()`` is for the log, never for a client."""
+
+
+@dataclasses.dataclass
+class _InFlight:
+    future: asyncio.Future[str | None]  # None: confirmed; else why not
+    message_id: str
+
+
+def describe_url(url: str) -> str:
+    """``host:port/vhost`` of a broker URL: what the log may show (no credentials)."""
+    parsed = urllib.parse.urlsplit(url)
+    port = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
+    vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else "/"
+    return f"{parsed.hostname}:{port}{'' if vhost == '/' else '/' + vhost}"
+
+
+def queue_arguments(settings: Amqp) -> dict[str, Any]:
+    if settings.queue_type == "quorum":
+        return {"x-queue-type": "quorum"}
+    return {"x-queue-type": "classic", "x-queue-mode": "lazy"}
+
+
+class AmqpHandoff(Handoff):
+    """Publish to RabbitMQ with confirms; see the module documentation for the outcomes.
+
+    Bound to the event loop that calls ``start``; not shared between loops.
+    """
+
+    name = "amqp"
+
+    def __init__(self, settings: Amqp, *, buffer: str, connection_name: str) -> None:
+        self.settings = settings
+        self.connection_name = connection_name
+        self.content_type = (
+            CONTENT_TYPE_MSGPACK if settings.format == "msgpack" else CONTENT_TYPE_JSON
+        )
+        self.buffer = SpoolHandoff(buffer) if settings.store_and_forward else None
+        self.buffer_path = buffer
+        self.exchange = settings.exchange(ACCEPTED)
+        self.rejected_exchange = settings.exchange(REJECTED)
+        self.events_exchange = settings.exchange(EVENTS)
+        self._parameters: list[tuple[str, pika.URLParameters]] = []
+        self._connection: AsyncioConnection | None = None
+        self._channel: Any = None  # the confirm channel, once the topology is declared
+        self._events: Any = None  # a channel without confirms, for events
+        self._up = asyncio.Event()
+        self._blocked = False
+        self._closing = False
+        self._next_tag = 1
+        self._pending: dict[int, _InFlight] = {}
+        self._returned: set[str] = set()
+        self._lost: asyncio.Future[str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._drain_wake = asyncio.Event()
+        self.broker = ""  # host:port of the broker in use
+        self.published = 0
+        self.buffered = 0
+        self.drained = 0
+
+    # --- Handoff -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for url in self.settings.urls:
+            try:
+                parameters = pika.URLParameters(url)
+            except (ValueError, TypeError, AttributeError) as error:
+                raise HandoffStartError(f"bad broker URL {describe_url(url)!r}: {error}") from None
+            parameters.heartbeat = self.settings.heartbeat
+            parameters.connection_attempts = 1
+            parameters.socket_timeout = self.settings.connect_timeout
+            parameters.client_properties = {
+                "connection_name": self.connection_name,
+                "product": "wildboar",
+            }
+            self._parameters.append((describe_url(url), parameters))
+        if not self._parameters:
+            raise HandoffStartError("amqp.urls is empty: no broker to publish to")
+        if self.buffer is not None:
+            await self.buffer.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._keep_connected(), name="amqp connection"))
+        if self.buffer is not None:
+            self._tasks.append(loop.create_task(self._drain_buffer(), name="amqp drain"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(START_WAIT, self.settings.connect_timeout)):
+                await self._up.wait()
+        if not self._up.is_set():
+            log.warning(
+                "amqp: no broker reachable at start (%s); %s until one is",
+                ", ".join(name for name, _ in self._parameters),
+                "buffering messages in " + self.buffer_path
+                if self.buffer is not None
+                else f"refusing mail at {self.settings.when_down}",
+            )
+
+    def refusal(self, stage: Literal["connect", "mail"]) -> smtp.Reply | None:
+        if self.buffer is not None or self.settings.when_down != stage or self.usable:
+            return None
+        return BROKER_DOWN_AT_CONNECT if stage == "connect" else BROKER_DOWN_AT_MAIL
+
+    @property
+    def usable(self) -> bool:
+        """Connected, topology declared, not blocked by a broker alarm."""
+        return self._up.is_set() and not self._blocked and self._channel is not None
+
+    async def deliver(self, message: Message) -> Delivery:
+        why = await self.publish(message)
+        if why is None:
+            return DELIVERED
+        if self.buffer is None:
+            log.error("amqp: %s not published: %s", message.email.id, why)
+            return failed(LOCAL_PROBLEM)
+        outcome = await self.buffer.deliver(message)
+        if outcome.ok:
+            self.buffered += 1
+            self._drain_wake.set()
+            log.warning("amqp: %s buffered for later publishing: %s", message.email.id, why)
+        return outcome
+
+    async def close(self) -> None:
+        """Wait (up to the confirm timeout) for publishes in flight, then disconnect."""
+        self._closing = True
+        deadline = time.monotonic() + self.settings.confirm_timeout
+        while self._pending and time.monotonic() < deadline and self._up.is_set():
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._disconnect("closing")
+        if self.buffer is not None:
+            await self.buffer.close()
+
+    # --- publishing ----------------------------------------------------------------
+
+    async def publish(self, message: Message, exchange: str | None = None) -> str | None:
+        """Publish and wait for the confirm: None when durable, else why not."""
+        if not self.usable:
+            return "blocked by a broker alarm" if self._blocked else "no broker connection"
+        body = encode(message, self.content_type)
+        properties = pika.BasicProperties(
+            content_type=self.content_type,
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=message.email.id,
+            timestamp=int(time.time()),
+            app_id="wildboar",
+            type="rejected" if message.rejection is not None else "accepted",
+        )
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        tag = self._next_tag
+        try:
+            self._channel.basic_publish(
+                exchange or self.exchange,
+                self.settings.routing_key,
+                body,
+                properties,
+                mandatory=True,
+            )
+        except (pika.exceptions.AMQPError, OSError) as error:
+            return f"publish failed: {type(error).__name__}"
+        self._next_tag += 1
+        self._pending[tag] = _InFlight(future, message.email.id)
+        try:
+            async with asyncio.timeout(self.settings.confirm_timeout):
+                why = await future
+        except TimeoutError:
+            self._pending.pop(tag, None)
+            return f"no confirm within {self.settings.confirm_timeout:g} s"
+        finally:
+            self._returned.discard(message.email.id)
+        if why is None:
+            self.published += 1
+        return why
+
+    def rejected(self, message: Message) -> None:
+        """Publish a message refused after its content (with ``rejection`` set), without
+        holding up the session; a failure is logged, the client had its 5xx already."""
+        if not self.usable:
+            log.warning("amqp: rejected %s not published: no broker", message.email.id)
+            return
+
+        async def publish() -> None:
+            why = await self.publish(message, self.rejected_exchange)
+            if why is not None:
+                log.warning("amqp: rejected %s not published: %s", message.email.id, why)
+
+        task = asyncio.get_running_loop().create_task(publish())
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    def event(self, event: str, fields: dict[str, Any]) -> None:
+        """Fire and forget to the topic exchange: never waits, never fails mail."""
+        if self._events is None or not self.settings.events or self._blocked:
+            return
+        body = msgspec.json.encode({"event": event, "time": time.time(), **fields})
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            self._events.basic_publish(
+                self.events_exchange,
+                event.replace("_", "."),
+                body,
+                pika.BasicProperties(content_type=CONTENT_TYPE_JSON, app_id="wildboar"),
+            )
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        tag = method.delivery_tag
+        if method.multiple:
+            while self._pending:
+                first = next(iter(self._pending))
+                if first > tag:
+                    break
+                self._settle(self._pending.pop(first), acked)
+        else:
+            in_flight = self._pending.pop(tag, None)
+            if in_flight is not None:
+                self._settle(in_flight, acked)
+
+    def _settle(self, in_flight: _InFlight, acked: bool) -> None:
+        if in_flight.future.done():
+            return
+        if not acked:
+            in_flight.future.set_result("negatively acknowledged (nack) by the broker")
+        elif in_flight.message_id in self._returned:
+            in_flight.future.set_result("returned by the broker: no queue for its routing key")
+        else:
+            in_flight.future.set_result(None)
+
+    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        # RabbitMQ sends basic.return before the basic.ack of the same message.
+        if properties.message_id:
+            self._returned.add(properties.message_id)
+
+    def _fail_in_flight(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for in_flight in pending.values():
+            if not in_flight.future.done():
+                in_flight.future.set_result(why)
+        self._returned.clear()
+
+    # --- the connection ------------------------------------------------------------
+
+    async def _keep_connected(self) -> None:
+        delay = self.settings.reconnect_min
+        while not self._closing:
+            for name, parameters in self._parameters:
+                try:
+                    async with asyncio.timeout(self.settings.connect_timeout):
+                        await self._connect(parameters)
+                except (BrokerError, TimeoutError, OSError) as error:
+                    log.warning("amqp: broker %s unusable: %s", name, error or "timeout")
+                    self._disconnect("connect failed")
+                    continue
+                self.broker = name
+                delay = self.settings.reconnect_min
+                log.info("amqp: connected to %s", name)
+                self._up.set()
+                self._drain_wake.set()
+                assert self._lost is not None
+                why = await self._lost
+                self._up.clear()
+                self._fail_in_flight(f"connection lost: {why}")
+                self._disconnect(why)
+                log.warning("amqp: connection to %s lost: %s", name, why)
+                break  # start again from the first URL: it is the preferred one
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max)
+
+    async def _connect(self, parameters: pika.URLParameters) -> None:
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = loop.create_future()
+        self._lost = loop.create_future()
+        self._blocked = False
+        self._next_tag = 1
+
+        def on_open(connection: Any) -> None:
+            if not opened.done():
+                opened.set_result(None)
+
+        def on_open_error(connection: Any, error: BaseException) -> None:
+            if not opened.done():
+                opened.set_exception(BrokerError(_reason(error)))
+
+        self._connection = AsyncioConnection(
+            parameters,
+            on_open_callback=on_open,
+            on_open_error_callback=on_open_error,
+            on_close_callback=self._on_connection_closed,
+            custom_ioloop=loop,
+        )
+        await opened
+        connection = self._connection
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
+        channel = await self._open_channel(connection)
+        await self._call(channel.confirm_delivery, self._on_confirm, callback=None)
+        channel.add_on_return_callback(self._on_return)
+        await self._declare(channel)
+        self._events = await self._open_channel(connection) if self.settings.events else None
+        self._channel = channel
+
+    async def _open_channel(self, connection: Any) -> Any:
+        channel = await self._call(connection.channel, on_open_callback=None)
+        channel.add_on_close_callback(self._on_channel_closed)
+        return channel
+
+    async def _declare(self, channel: Any) -> None:
+        """The topology of the original Wildboar server: durable direct exchanges, each
+        with a default queue of the same name bound with the routing key; ``events``."""
+        for name in EXCHANGES:
+            exchange = self.settings.exchange(name)
+            await self._call(
+                channel.exchange_declare, exchange, exchange_type="direct", durable=True
+            )
+            if self.settings.declare_queues:
+                await self._call(
+                    channel.queue_declare,
+                    exchange,
+                    durable=True,
+                    arguments=queue_arguments(self.settings),
+                )
+                await self._call(
+                    channel.queue_bind, exchange, exchange, routing_key=self.settings.routing_key
+                )
+        if self.settings.events:
+            await self._call(
+                channel.exchange_declare, self.events_exchange, exchange_type="topic", durable=True
+            )
+
+    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a pika method that reports completion through a callback, and wait for it
+        (or for the connection to be lost)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        key = "on_open_callback" if "on_open_callback" in kwargs else "callback"
+
+        def complete(result: Any = None) -> None:
+            if not done.done():
+                done.set_result(result)
+
+        kwargs[key] = complete
+        try:
+            method(*args, **kwargs)
+        except (pika.exceptions.AMQPError, OSError) as error:
+            raise BrokerError(_reason(error)) from None
+        assert self._lost is not None
+        lost = self._lost
+        await asyncio.wait([done, lost], return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            raise BrokerError(lost.result())
+        return done.result()
+
+    def _on_connection_closed(self, connection: Any, error: BaseException) -> None:
+        if connection is self._connection:
+            self._lose(f"connection closed: {_reason(error)}")
+
+    def _on_channel_closed(self, channel: Any, error: BaseException) -> None:
+        if channel is self._channel or channel is self._events or self._channel is None:
+            self._lose(f"channel closed: {_reason(error)}")
+
+    def _on_blocked(self, connection: Any, frame: Any) -> None:
+        self._blocked = True
+        log.warning("amqp: the broker blocked publishing (resource alarm): %s", self.broker)
+
+    def _on_unblocked(self, connection: Any, frame: Any) -> None:
+        self._blocked = False
+        log.info("amqp: the broker unblocked publishing: %s", self.broker)
+
+    def _lose(self, why: str) -> None:
+        self._channel = None
+        self._events = None
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(why)
+
+    def _disconnect(self, why: str) -> None:
+        connection, self._connection = self._connection, None
+        self._channel = None
+        self._events = None
+        if connection is not None and not (connection.is_closed or connection.is_closing):
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close(reply_text=why[:200])
+
+    # --- store and forward -----------------------------------------------------------
+
+    async def _drain_buffer(self) -> None:
+        """Publish buffered messages, oldest first, while the broker is up; remove each
+        from the buffer once confirmed. One worker drains at a time (``Spool.lock``)."""
+        while not self._closing:
+            await self._up.wait()
+            try:
+                more = await self._drain_once()
+            except (OSError, SpoolError) as error:
+                log.error("amqp: cannot drain %s: %s", self.buffer_path, error)
+                more = False
+            if more:
+                continue
+            self._drain_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_IDLE):
+                    await self._drain_wake.wait()
+
+    async def _drain_once(self) -> bool:
+        """One window of buffered messages; True when more may wait."""
+        spool = Spool(self.buffer_path)
+        try:
+            with spool.lock():
+                entries = await asyncio.to_thread(spool.list)
+                if not entries:
+                    return False
+                window = entries[:DRAIN_WINDOW]
+                messages = [await asyncio.to_thread(spool.load, e.id) for e in window]
+                outcomes = await asyncio.gather(*(self.publish(m) for m in messages))
+                failures = 0
+                for entry, why in zip(window, outcomes, strict=True):
+                    if why is None:  # confirmed: the broker has it, the buffer need not
+                        await asyncio.to_thread(spool.remove, entry.id)
+                        self.drained += 1
+                    else:
+                        failures += 1
+                        log.warning("amqp: buffered %s not yet published: %s", entry.id, why)
+                log.info("amqp: published %d buffered messages", len(window) - failures)
+                return failures == 0 and len(entries) > len(window)
+        except SpoolError as error:
+            if "another process" in str(error):
+                return False  # another worker drains it
+            raise
+
+
+def _reason(error: BaseException | None) -> str:
+    if error is None:
+        return "closed"
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}" if text != type(error).__name__ else text
