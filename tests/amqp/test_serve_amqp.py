@@ -1,0 +1,140 @@
+"""``wildboar serve`` publishing to the machine's RabbitMQ, as an operator runs it: real
+clients (smtplib, swaks, smtp-source), real workers (unprivileged), real broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import smtplib
+import subprocess
+import time
+from pathlib import Path
+
+import jsonschema
+
+from tests.amqp.broker import DEAD_URL, URL, Broker, broker
+from tests.system.harness import serving
+from tests.system.test_serve import smtp_source
+from wildboar import message as M
+from wildboar.handoff import Spool
+from wildboar.handoff.amqp import ACCEPTED, REJECTED
+
+__all__ = ["broker"]
+SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "message.schema.json").read_text())
+
+
+def amqp_env(b: Broker, url: str = URL, **more: str) -> dict[str, str]:
+    env = {"WILDBOAR_AMQP_PREFIX": b.prefix, "WILDBOAR_AMQP_URLS": url}
+    env.update({f"WILDBOAR_AMQP_{k.upper()}": v for k, v in more.items()})
+    return env
+
+
+def test_mail_from_real_clients_arrives_in_the_queue_byte_for_byte(
+    broker: Broker, spool_dir: Path
+) -> None:
+    body = b"Subject: via smtplib\r\n\r\n..leading dot\r\n\xe2\x82\xac 8-bit\r\n"
+    with serving(spool_dir, "--handoff", "amqp", workers=2, env=amqp_env(broker)) as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            client.sendmail("a@example.net", ["b@example.org"], body, ["BODY=8BITMIME"])
+        swaks = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{server.port}", "--from", "s@example.net",
+             "--to", "t@example.org", "--header", "Subject: via swaks", "--body", "swaks"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert swaks.returncode == 0, swaks.stdout
+        output = smtp_source(server.port, 200, 10, "source")
+        assert "fatal" not in output, output
+        accepted = server.wait_for("message_accepted", 202, timeout=60)
+    got = broker.get(broker.name(ACCEPTED), 202)
+    records = [M.decode(g.body) for g in got]
+    assert {r.email.id for r in records} == {a["message"] for a in accepted}
+    for item, record in zip(got, records, strict=True):
+        assert item.properties.message_id == record.email.id
+        assert item.properties.delivery_mode == 2
+        jsonschema.validate(json.loads(item.body), SCHEMA)
+    [mine] = [r for r in records if b"Subject: via smtplib" in r.email.data]
+    assert mine.email.data == mine.email.received.encode() + b"\r\n" + body
+    assert sum(1 for r in records if r.email.to[0].endswith("source@example.org")) == 200
+    assert not (spool_dir / "msg").exists() or Spool(spool_dir).count() == 0
+
+
+def test_with_the_broker_down_sessions_get_421_and_later_mail_flows(
+    broker: Broker, spool_dir: Path
+) -> None:
+    config = spool_dir.parent / "wildboar.toml"
+    config.write_text(f'[amqp]\nurls = ["{DEAD_URL}"]\nprefix = "{broker.prefix}"\n')
+    with serving(spool_dir, "--handoff", "amqp", "--config", str(config), workers=1) as server:
+        try:
+            smtplib.SMTP("127.0.0.1", server.port, timeout=30)
+            raise AssertionError("a session was accepted with no broker")
+        except smtplib.SMTPConnectError as error:
+            assert error.smtp_code == 421 and b"4.3.2" in error.smtp_error
+        config.write_text(f'[amqp]\nurls = ["{URL}"]\nprefix = "{broker.prefix}"\n')
+        server.signal(signal.SIGHUP)
+        server.wait_for("reloaded", component="supervisor", timeout=60)
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            client.sendmail("a@example.net", ["b@example.org"], b"Subject: back\r\n\r\nok\r\n")
+    [item] = broker.get(broker.name(ACCEPTED), 1)
+    assert b"Subject: back" in M.decode(item.body).email.data
+
+
+def test_when_down_mail_refuses_transactions_with_451(broker: Broker, spool_dir: Path) -> None:
+    env = amqp_env(broker, DEAD_URL, when_down="mail")
+    with (
+        serving(spool_dir, "--handoff", "amqp", workers=1, env=env) as server,
+        smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client,
+    ):
+        client.ehlo("c.example")
+        code, text = client.mail("a@example.net")
+        assert (code, text[:5]) == (451, b"4.3.0")
+
+
+def test_store_and_forward_keeps_every_250_and_publishes_it_once_when_the_broker_is_back(
+    broker: Broker, spool_dir: Path
+) -> None:
+    config = spool_dir.parent / "wildboar.toml"
+    settings = f'prefix = "{broker.prefix}"\nstore_and_forward = true\n'
+    config.write_text(f'[amqp]\nurls = ["{DEAD_URL}"]\n{settings}')
+    with serving(spool_dir, "--handoff", "amqp", "--config", str(config), workers=2) as server:
+        output = smtp_source(server.port, 100, 5, "buffered")
+        assert "fatal" not in output, output
+        accepted = {a["message"] for a in server.wait_for("message_accepted", 100)}
+        assert Spool(spool_dir / "amqp").count() == 100
+        # The operator points the server at the real broker.
+        config.write_text(f'[amqp]\nurls = ["{URL}"]\n{settings}')
+        server.signal(signal.SIGHUP)
+        server.wait_for("reloaded", component="supervisor", timeout=60)
+        deadline = time.monotonic() + 60
+        while Spool(spool_dir / "amqp").count() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert Spool(spool_dir / "amqp").count() == 0
+    got = broker.get(broker.name(ACCEPTED), 100)
+    published = [g.properties.message_id for g in got]
+    assert sorted(published) == sorted(accepted)  # every 250, exactly once
+    created = [M.decode(g.body).email.creation_time for g in got]
+    assert created == sorted(created)  # in the order they were accepted
+
+
+def test_a_message_refused_after_its_content_goes_to_the_rejected_exchange(
+    broker: Broker, spool_dir: Path
+) -> None:
+    env = amqp_env(broker)
+    env["WILDBOAR_LIMITS_MESSAGE_SIZE"] = "65536"
+    with (
+        serving(spool_dir, "--handoff", "amqp", workers=1, env=env) as server,
+        smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client,
+    ):
+        client.ehlo("c.example")
+        client.esmtp_features.pop("size", None)  # do not declare it: refused at the end
+        try:
+            client.sendmail("a@example.net", ["b@example.org"], (b"x" * 998 + b"\r\n") * 80)
+            raise AssertionError("an oversized message was accepted")
+        except smtplib.SMTPDataError as error:
+            assert error.smtp_code == 552
+    [item] = broker.get(broker.name(REJECTED), 1)
+    record = M.decode(item.body)
+    assert record.rejection is not None and record.rejection.code == 552
+    assert record.email.to == ["b@example.org"]
+    assert base64.b64encode(record.email.data)  # what arrived before the limit
+    assert broker.depth(broker.name(ACCEPTED)) == 0
