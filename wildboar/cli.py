@@ -187,9 +187,17 @@ def supervisor_command(config: C.Config, args: argparse.Namespace) -> list[str]:
         worker += ["--config", args.config]
     if args.spool:
         worker += ["--spool", args.spool]
-    for handoff in args.handoff or []:
+    for handoff in args.handoff or ([] if not args.amqp_url else ["amqp"]):
         worker += ["--handoff", handoff]
     return [*command, "--", *worker]
+
+
+def worker_environment(args: argparse.Namespace) -> dict[str, str]:
+    """What the workers must see in their environment rather than on their command line:
+    broker URLs carry passwords, and any local user can read a command line."""
+    if not args.amqp_url:
+        return {}
+    return {"WILDBOAR_AMQP_URLS": ",".join(args.amqp_url)}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -197,8 +205,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     command = supervisor_command(config, args)
+    environment = {**os.environ, **worker_environment(args)}
     sys.stdout.flush()
-    os.execv(command[0], command)
+    os.execve(command[0], command, environment)
     return 1  # not reached
 
 

@@ -138,3 +138,17 @@ def test_a_message_refused_after_its_content_goes_to_the_rejected_exchange(
     assert record.email.to == ["b@example.org"]
     assert base64.b64encode(record.email.data)  # what arrived before the limit
     assert broker.depth(broker.name(ACCEPTED)) == 0
+
+
+def test_amqp_url_flag_selects_the_amqp_handoff_and_stays_off_command_lines(
+    broker: Broker, spool_dir: Path
+) -> None:
+    env = {"WILDBOAR_AMQP_PREFIX": broker.prefix}
+    with serving(spool_dir, "--amqp-url", URL, workers=1, env=env) as server:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            client.sendmail("a@example.net", ["b@example.org"], b"Subject: flag\r\n\r\nok\r\n")
+        for pid in [server.proc.pid, *server.worker_pids()]:
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+            assert b"guest:guest" not in command_line
+    assert len(broker.get(broker.name(ACCEPTED), 1)) == 1
+    assert not (spool_dir / "msg").exists() or Spool(spool_dir).count() == 0
