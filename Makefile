@@ -38,6 +38,7 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	sh scripts/test-access
+	sh scripts/test-services
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider \
 		--cov=wildboar --cov=supervisor --cov-branch --cov-report= tests
