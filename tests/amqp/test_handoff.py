@@ -7,7 +7,10 @@ import asyncio
 import base64
 import datetime
 import json
+import signal
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +18,7 @@ import msgspec
 import pytest
 
 from tests.amqp.broker import DEAD_URL, URL, Broker, broker, close_connections
+from tests.amqp.nodes import RabbitNode
 from tests.records import NOW, make_message, run
 from wildboar import message as M
 from wildboar.config import Amqp, ConfigError, load
@@ -295,3 +299,72 @@ def test_a_url_the_client_cannot_use_stops_the_start_with_a_message(tmp_path: Pa
 
     with pytest.raises(HandoffStartError, match="bad broker URL"):
         run(main())
+
+
+@pytest.fixture
+def private_node(tmp_path: Path) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of this test's own: resource alarms block every publisher of a node,
+    so they are never raised on the machine's shared broker."""
+    node = RabbitNode(tmp_path / "rabbit")
+    node.start()
+    try:
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()
+
+
+def test_a_broker_alarm_blocks_publishing_with_451_until_it_clears(
+    private_node: RabbitNode, tmp_path: Path
+) -> None:
+    settings = Amqp(urls=[private_node.url], reconnect_min=0.1, confirm_timeout=5.0)
+
+    async def main() -> list[int]:
+        amqp = AmqpHandoff(settings, buffer=str(tmp_path / "buffer"), connection_name="alarm")
+        await amqp.start()
+        codes = [(await amqp.deliver(make_message())).ok]
+        # A memory alarm: the broker blocks every connection that publishes.
+        # RabbitMQ blocks a connection when it next publishes; the sender waits no longer
+        # than it takes the broker to say so (not the 5 s confirm timeout), and while the
+        # alarm lasts the next one is refused without publishing.
+        await asyncio.to_thread(private_node.ctl, "set_vm_memory_high_watermark", "0")
+        for _ in range(2):
+            started = time.monotonic()
+            codes.append((await amqp.deliver(make_message())).ok)
+            assert time.monotonic() - started < 2.0, "the sender waited for the timeout"
+        assert not amqp.usable
+        await asyncio.to_thread(private_node.ctl, "set_vm_memory_high_watermark", "0.4")
+        for _ in range(100):
+            if amqp.usable:
+                break
+            await asyncio.sleep(0.05)
+        codes.append((await amqp.deliver(make_message())).ok)
+        await amqp.close()
+        return codes
+
+    assert run(main()) == [True, False, False, True]
+
+
+def test_a_broker_that_hangs_gets_451_after_the_confirm_timeout(
+    private_node: RabbitNode, tmp_path: Path
+) -> None:
+    settings = Amqp(urls=[private_node.url], reconnect_min=0.1, confirm_timeout=1.0)
+
+    async def main() -> tuple[list[bool], float]:
+        amqp = AmqpHandoff(settings, buffer=str(tmp_path / "buffer"), connection_name="hang")
+        await amqp.start()
+        outcomes = [(await amqp.deliver(make_message())).ok]
+        private_node.signal_beam(signal.SIGSTOP)  # the broker stops answering
+        try:
+            started = time.monotonic()
+            outcomes.append((await amqp.deliver(make_message())).ok)
+            waited = time.monotonic() - started
+        finally:
+            private_node.signal_beam(signal.SIGCONT)
+        outcomes.append((await amqp.deliver(make_message())).ok)
+        await amqp.close()
+        return outcomes, waited
+
+    outcomes, waited = run(main())
+    assert outcomes == [True, False, True]
+    assert 1.0 <= waited < 3.0

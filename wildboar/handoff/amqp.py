@@ -434,8 +434,11 @@ class AmqpHandoff(Handoff):
             self._lose(f"channel closed: {_reason(error)}")
 
     def _on_blocked(self, connection: Any, frame: Any) -> None:
+        # RabbitMQ says so when a connection publishes during a memory or disk alarm, and
+        # holds what it published until the alarm clears: do not keep the senders waiting.
         self._blocked = True
         log.warning("amqp: the broker blocked publishing (resource alarm): %s", self.broker)
+        self._fail_in_flight("blocked by a broker alarm")
 
     def _on_unblocked(self, connection: Any, frame: Any) -> None:
         self._blocked = False
