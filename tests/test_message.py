@@ -248,6 +248,14 @@ def test_new_urn_matches_the_pattern() -> None:
     assert all(re.fullmatch(URN_BODY, M.new_urn()) for _ in range(100))
 
 
+def test_new_urn_is_a_random_version_4_uuid() -> None:
+    ids = [M.new_urn() for _ in range(1000)]
+    parsed = [uuid.UUID(urn) for urn in ids]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert all(u.urn == urn for u, urn in zip(parsed, ids, strict=True))
+    assert len(set(ids)) == len(ids)
+
+
 # --- the published schema -------------------------------------------------------------
 
 

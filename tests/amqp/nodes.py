@@ -332,3 +332,16 @@ def rabbit_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
         yield make
     finally:
         stop_all(started)
+
+
+@pytest.fixture
+def private_node(tmp_path: Path) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of this test's own: resource alarms block every publisher of a node,
+    so they are never raised on the machine's shared broker."""
+    node = RabbitNode(tmp_path / "rabbit")
+    node.start()
+    try:
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()

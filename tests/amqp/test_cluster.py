@@ -16,6 +16,7 @@ from pathlib import Path
 import pika
 
 from tests.amqp.nodes import ClusterFactory, rabbit_cluster
+from tests.amqp.test_serve_amqp import connected
 from tests.system.harness import Server, serving
 from tests.system.test_serve import Load
 
@@ -62,6 +63,8 @@ def test_two_hosts_lose_no_250_when_a_cluster_node_stops(
         serving(spool_dir, "--handoff", "amqp", workers=2, env=host_b) as b,
     ):
         servers: list[Server] = [a, b]
+        for server in servers:
+            connected(server, 2)
         with Load(a.port) as load_a, Load(b.port) as load_b:
             loads = [load_a, load_b]
             wait_accepted(loads, 50)

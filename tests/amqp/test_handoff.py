@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -18,14 +17,14 @@ import msgspec
 import pytest
 
 from tests.amqp.broker import DEAD_URL, URL, Broker, broker, close_connections
-from tests.amqp.nodes import RabbitNode
+from tests.amqp.nodes import RabbitNode, private_node
 from tests.records import NOW, make_message, run
 from wildboar import message as M
 from wildboar.config import Amqp, ConfigError, load
 from wildboar.handoff import LOCAL_PROBLEM, HandoffStartError, Spool
 from wildboar.handoff.amqp import ACCEPTED, REJECTED, AmqpHandoff
 
-__all__ = ["broker"]  # the fixture
+__all__ = ["broker", "private_node"]  # fixtures
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "message.schema.json").read_text())
 
 
@@ -33,6 +32,17 @@ def handoff(b: Broker, tmp_path: Path, **overrides: object) -> AmqpHandoff:
     return AmqpHandoff(
         b.settings(**overrides), buffer=str(tmp_path / "buffer"), connection_name=b.prefix
     )
+
+
+async def started(amqp: AmqpHandoff) -> AmqpHandoff:
+    """Start, and wait until the broker is usable: on a machine busy with other tests,
+    declaring the topology can take longer than ``start`` waits."""
+    await amqp.start()
+    for _ in range(600):
+        if amqp.usable:
+            break
+        await asyncio.sleep(0.1)
+    return amqp
 
 
 def test_messages_arrive_byte_for_byte_as_persistent_urn_identified_json(
@@ -43,7 +53,7 @@ def test_messages_arrive_byte_for_byte_as_persistent_urn_identified_json(
 
     async def main() -> list[bool]:
         amqp = handoff(broker, tmp_path)
-        await amqp.start()
+        await started(amqp)
         try:
             return [(await amqp.deliver(m)).ok for m in messages]
         finally:
@@ -67,7 +77,7 @@ def test_msgpack_when_configured(broker: Broker, tmp_path: Path) -> None:
 
     async def main() -> bool:
         amqp = handoff(broker, tmp_path, format="msgpack")
-        await amqp.start()
+        await started(amqp)
         try:
             return (await amqp.deliver(message)).ok
         finally:
@@ -82,7 +92,7 @@ def test_msgpack_when_configured(broker: Broker, tmp_path: Path) -> None:
 def test_topology_durable_exchanges_and_quorum_queues(broker: Broker, tmp_path: Path) -> None:
     async def main() -> None:
         amqp = handoff(broker, tmp_path)
-        await amqp.start()
+        await started(amqp)
         await amqp.close()
 
     run(main())
@@ -106,7 +116,7 @@ def test_an_unroutable_message_is_a_failure_not_a_silent_drop(
 ) -> None:
     async def main() -> object:
         amqp = handoff(broker, tmp_path, declare_queues=False)  # no queue: nowhere to go
-        await amqp.start()
+        await started(amqp)
         try:
             return await amqp.deliver(make_message())
         finally:
@@ -121,7 +131,7 @@ def test_a_full_queue_that_rejects_publishes_makes_the_sender_see_451(
 ) -> None:
     async def main() -> list[int]:
         amqp = handoff(broker, tmp_path, declare_queues=False)
-        await amqp.start()
+        await started(amqp)
         queue = broker.declare_queue(
             # A classic queue: a quorum queue applies its length limit a little late.
             "full",
@@ -155,7 +165,7 @@ def test_a_connection_closed_by_the_broker_loses_nothing(broker: Broker, tmp_pat
 
     async def main() -> int:
         amqp = handoff(broker, tmp_path)
-        await amqp.start()
+        await started(amqp)
         stop = asyncio.Event()
         streams = [asyncio.create_task(stream(amqp, stop)) for _ in range(20)]
         await asyncio.sleep(0.5)
@@ -209,7 +219,7 @@ def test_without_a_broker_sessions_are_refused_where_configured(
 def test_failover_to_the_next_url_in_order(broker: Broker, tmp_path: Path) -> None:
     async def main() -> tuple[bool, str]:
         amqp = handoff(broker, tmp_path, urls=[DEAD_URL, URL])
-        await amqp.start()
+        await started(amqp)
         try:
             return (await amqp.deliver(make_message())).ok, amqp.broker
         finally:
@@ -241,7 +251,7 @@ def test_store_and_forward_publishes_every_buffered_message_once_in_order(
 
     async def back() -> int:
         amqp = handoff(broker, tmp_path, store_and_forward=True)
-        await amqp.start()
+        await started(amqp)
         try:
             for _ in range(300):
                 if Spool(tmp_path / "buffer").count() == 0:
@@ -267,7 +277,7 @@ def test_rejections_and_events_are_published(broker: Broker, tmp_path: Path) -> 
 
     async def main() -> None:
         amqp = handoff(broker, tmp_path)
-        await amqp.start()
+        await started(amqp)
         broker.bind(events, broker.name("events"), "connection.*")
         try:
             amqp.rejected(refused)
@@ -301,19 +311,6 @@ def test_a_url_the_client_cannot_use_stops_the_start_with_a_message(tmp_path: Pa
         run(main())
 
 
-@pytest.fixture
-def private_node(tmp_path: Path) -> Iterator[RabbitNode]:
-    """A RabbitMQ node of this test's own: resource alarms block every publisher of a node,
-    so they are never raised on the machine's shared broker."""
-    node = RabbitNode(tmp_path / "rabbit")
-    node.start()
-    try:
-        node.wait_ready()
-        yield node
-    finally:
-        node.stop()
-
-
 def test_a_broker_alarm_blocks_publishing_with_451_until_it_clears(
     private_node: RabbitNode, tmp_path: Path
 ) -> None:
@@ -321,7 +318,7 @@ def test_a_broker_alarm_blocks_publishing_with_451_until_it_clears(
 
     async def main() -> list[int]:
         amqp = AmqpHandoff(settings, buffer=str(tmp_path / "buffer"), connection_name="alarm")
-        await amqp.start()
+        await started(amqp)
         codes = [(await amqp.deliver(make_message())).ok]
         # A memory alarm: the broker blocks every connection that publishes.
         # RabbitMQ blocks a connection when it next publishes; the sender waits no longer
@@ -329,9 +326,9 @@ def test_a_broker_alarm_blocks_publishing_with_451_until_it_clears(
         # alarm lasts the next one is refused without publishing.
         await asyncio.to_thread(private_node.ctl, "set_vm_memory_high_watermark", "0")
         for _ in range(2):
-            started = time.monotonic()
+            began = time.monotonic()
             codes.append((await amqp.deliver(make_message())).ok)
-            assert time.monotonic() - started < 2.0, "the sender waited for the timeout"
+            assert time.monotonic() - began < 2.0, "the sender waited for the timeout"
         assert not amqp.usable
         await asyncio.to_thread(private_node.ctl, "set_vm_memory_high_watermark", "0.4")
         for _ in range(100):
@@ -352,13 +349,13 @@ def test_a_broker_that_hangs_gets_451_after_the_confirm_timeout(
 
     async def main() -> tuple[list[bool], float]:
         amqp = AmqpHandoff(settings, buffer=str(tmp_path / "buffer"), connection_name="hang")
-        await amqp.start()
+        await started(amqp)
         outcomes = [(await amqp.deliver(make_message())).ok]
         private_node.signal_beam(signal.SIGSTOP)  # the broker stops answering
         try:
-            started = time.monotonic()
+            began = time.monotonic()
             outcomes.append((await amqp.deliver(make_message())).ok)
-            waited = time.monotonic() - started
+            waited = time.monotonic() - began
         finally:
             private_node.signal_beam(signal.SIGCONT)
         outcomes.append((await amqp.deliver(make_message())).ok)

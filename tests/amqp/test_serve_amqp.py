@@ -14,14 +14,28 @@ from pathlib import Path
 import jsonschema
 
 from tests.amqp.broker import DEAD_URL, URL, Broker, broker
-from tests.system.harness import serving
+from tests.amqp.nodes import RabbitNode, private_node
+from tests.system.harness import Server, serving
 from tests.system.test_serve import smtp_source
 from wildboar import message as M
 from wildboar.handoff import Spool
 from wildboar.handoff.amqp import ACCEPTED, REJECTED
 
-__all__ = ["broker"]
+__all__ = ["broker", "private_node"]  # fixtures
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "message.schema.json").read_text())
+
+
+def connected(server: Server, workers: int, timeout: float = 60.0) -> None:
+    """Wait until ``workers`` workers said they reached the broker: a worker serves after
+    at most 5 s without one (refusing sessions with 421), and a machine busy with other
+    tests can take longer than that to declare the topology."""
+    deadline = time.monotonic() + timeout
+    while True:
+        said = [r for r in list(server.logs) if str(r.get("event")).startswith("amqp: connected")]
+        if len(said) >= workers:
+            return
+        assert time.monotonic() < deadline, "".join(server.stderr)[-3000:]
+        time.sleep(0.05)
 
 
 def amqp_env(b: Broker, url: str = URL, **more: str) -> dict[str, str]:
@@ -35,6 +49,7 @@ def test_mail_from_real_clients_arrives_in_the_queue_byte_for_byte(
 ) -> None:
     body = b"Subject: via smtplib\r\n\r\n..leading dot\r\n\xe2\x82\xac 8-bit\r\n"
     with serving(spool_dir, "--handoff", "amqp", workers=2, env=amqp_env(broker)) as server:
+        connected(server, 2)
         with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
             client.sendmail("a@example.net", ["b@example.org"], body, ["BODY=8BITMIME"])
         swaks = subprocess.run(
@@ -73,6 +88,7 @@ def test_with_the_broker_down_sessions_get_421_and_later_mail_flows(
         config.write_text(f'[amqp]\nurls = ["{URL}"]\nprefix = "{broker.prefix}"\n')
         server.signal(signal.SIGHUP)
         server.wait_for("reloaded", component="supervisor", timeout=60)
+        connected(server, 1)
         with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
             client.sendmail("a@example.net", ["b@example.org"], b"Subject: back\r\n\r\nok\r\n")
     [item] = broker.get(broker.name(ACCEPTED), 1)
@@ -121,17 +137,17 @@ def test_a_message_refused_after_its_content_goes_to_the_rejected_exchange(
 ) -> None:
     env = amqp_env(broker)
     env["WILDBOAR_LIMITS_MESSAGE_SIZE"] = "65536"
-    with (
-        serving(spool_dir, "--handoff", "amqp", workers=1, env=env) as server,
-        smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client,
-    ):
-        client.ehlo("c.example")
-        client.esmtp_features.pop("size", None)  # do not declare it: refused at the end
-        try:
-            client.sendmail("a@example.net", ["b@example.org"], (b"x" * 998 + b"\r\n") * 80)
-            raise AssertionError("an oversized message was accepted")
-        except smtplib.SMTPDataError as error:
-            assert error.smtp_code == 552
+    with serving(spool_dir, "--handoff", "amqp", workers=1, env=env) as server:
+        connected(server, 1)
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            client.ehlo("c.example")
+            client.esmtp_features.pop("size", None)  # do not declare it: refused at the end
+            try:
+                content = (b"x" * 998 + b"\r\n") * 80
+                client.sendmail("a@example.net", ["b@example.org"], content)
+                raise AssertionError("an oversized message was accepted")
+            except smtplib.SMTPDataError as error:
+                assert error.smtp_code == 552
     [item] = broker.get(broker.name(REJECTED), 1)
     record = M.decode(item.body)
     assert record.rejection is not None and record.rejection.code == 552
@@ -145,6 +161,7 @@ def test_amqp_url_flag_selects_the_amqp_handoff_and_stays_off_command_lines(
 ) -> None:
     env = {"WILDBOAR_AMQP_PREFIX": broker.prefix}
     with serving(spool_dir, "--amqp-url", URL, workers=1, env=env) as server:
+        connected(server, 1)
         with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
             client.sendmail("a@example.net", ["b@example.org"], b"Subject: flag\r\n\r\nok\r\n")
         for pid in [server.proc.pid, *server.worker_pids()]:
@@ -152,3 +169,31 @@ def test_amqp_url_flag_selects_the_amqp_handoff_and_stays_off_command_lines(
             assert b"guest:guest" not in command_line
     assert len(broker.get(broker.name(ACCEPTED), 1)) == 1
     assert not (spool_dir / "msg").exists() or Spool(spool_dir).count() == 0
+
+
+def test_a_hung_broker_costs_the_sender_no_more_than_the_handoff_timeout(
+    private_node: RabbitNode, spool_dir: Path
+) -> None:
+    env = {
+        "WILDBOAR_AMQP_URLS": private_node.url,
+        "WILDBOAR_AMQP_CONFIRM_TIMEOUT": "120",
+        "WILDBOAR_TIMEOUTS_HANDOFF": "2",
+    }
+    body = b"Subject: hung\r\n\r\nok\r\n"
+    with serving(spool_dir, "--handoff", "amqp", workers=1, env=env) as server:
+        connected(server, 1)
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            client.sendmail("a@example.net", ["b@example.org"], body)
+            private_node.signal_beam(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                try:
+                    client.sendmail("a@example.net", ["b@example.org"], body)
+                    raise AssertionError("250 from a broker that does not answer")
+                except smtplib.SMTPDataError as error:
+                    assert (error.smtp_code, error.smtp_error[:5]) == (451, b"4.3.0")
+                waited = time.monotonic() - started
+            finally:
+                private_node.signal_beam(signal.SIGCONT)
+        assert 2.0 <= waited < 5.0
+        assert server.wait_for("handoff_timeout")

@@ -67,6 +67,10 @@ START_WAIT = 5.0
 DRAIN_WINDOW = 64
 #: Between two looks at an idle or locked buffer.
 DRAIN_IDLE = 2.0
+#: Opening channels and declaring the topology, after the connection is open.
+SETUP_TIMEOUT = 60.0
+#: Between two looks for publishes past their confirm timeout.
+EXPIRY_INTERVAL = 0.1
 
 
 class BrokerError(Exception):
@@ -77,6 +81,7 @@ class BrokerError(Exception):
 class _InFlight:
     future: asyncio.Future[str | None]  # None: confirmed; else why not
     message_id: str
+    published: float  # loop time
 
 
 def describe_url(url: str) -> str:
@@ -123,6 +128,7 @@ class AmqpHandoff(Handoff):
         self._pending: dict[int, _InFlight] = {}
         self._returned: set[str] = set()
         self._lost: asyncio.Future[str] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._drain_wake = asyncio.Event()
         self.broker = ""  # host:port of the broker in use
@@ -196,6 +202,8 @@ class AmqpHandoff(Handoff):
         deadline = time.monotonic() + self.settings.confirm_timeout
         while self._pending and time.monotonic() < deadline and self._up.is_set():
             await asyncio.sleep(0.01)
+        if self._expiry is not None:
+            self._expiry.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -233,13 +241,12 @@ class AmqpHandoff(Handoff):
         except (pika.exceptions.AMQPError, OSError) as error:
             return f"publish failed: {type(error).__name__}"
         self._next_tag += 1
-        self._pending[tag] = _InFlight(future, message.email.id)
+        loop = asyncio.get_running_loop()
+        self._pending[tag] = _InFlight(future, message.email.id, loop.time())
+        if self._expiry is None:
+            self._expiry = loop.call_later(EXPIRY_INTERVAL, self._expire)
         try:
-            async with asyncio.timeout(self.settings.confirm_timeout):
-                why = await future
-        except TimeoutError:
-            self._pending.pop(tag, None)
-            return f"no confirm within {self.settings.confirm_timeout:g} s"
+            why = await future
         finally:
             self._returned.discard(message.email.id)
         if why is None:
@@ -305,6 +312,24 @@ class AmqpHandoff(Handoff):
         if properties.message_id:
             self._returned.add(properties.message_id)
 
+    def _expire(self) -> None:
+        """Fail the publishes that waited longer than ``confirm_timeout`` for a confirm: one
+        timer for them all, not one per message. Oldest first, so it stops at the first
+        one still in time."""
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        limit = self.settings.confirm_timeout
+        while self._pending:
+            tag = next(iter(self._pending))
+            in_flight = self._pending[tag]
+            if now - in_flight.published < limit:
+                break
+            del self._pending[tag]
+            if not in_flight.future.done():
+                in_flight.future.set_result(f"no confirm within {limit:g} s")
+        if self._pending:
+            self._expiry = asyncio.get_running_loop().call_later(EXPIRY_INTERVAL, self._expire)
+
     def _fail_in_flight(self, why: str) -> None:
         pending, self._pending = self._pending, {}
         for in_flight in pending.values():
@@ -319,8 +344,7 @@ class AmqpHandoff(Handoff):
         while not self._closing:
             for name, parameters in self._parameters:
                 try:
-                    async with asyncio.timeout(self.settings.connect_timeout):
-                        await self._connect(parameters)
+                    await self._connect(parameters)
                 except (BrokerError, TimeoutError, OSError) as error:
                     log.warning("amqp: broker %s unusable: %s", name, error or "timeout")
                     self._disconnect("connect failed")
@@ -363,8 +387,14 @@ class AmqpHandoff(Handoff):
             on_close_callback=self._on_connection_closed,
             custom_ioloop=loop,
         )
-        await opened
-        connection = self._connection
+        async with asyncio.timeout(self.settings.connect_timeout):
+            await opened
+        async with asyncio.timeout(SETUP_TIMEOUT):
+            await self._set_up(self._connection)
+
+    async def _set_up(self, connection: Any) -> None:
+        """Channels, confirm mode, topology: on a busy broker, declaring quorum queues can
+        take longer than opening the connection."""
         connection.add_on_connection_blocked_callback(self._on_blocked)
         connection.add_on_connection_unblocked_callback(self._on_unblocked)
         channel = await self._open_channel(connection)

@@ -23,8 +23,11 @@ def _date(when: datetime.datetime) -> str:
     return email.utils.format_datetime(when)
 
 
+@functools.lru_cache(maxsize=4096)
 def address_literal(address: str) -> str:
-    """The RFC 5321 §4.1.3 address literal of an IP address (``[IPv6:...]`` for IPv6)."""
+    """The RFC 5321 §4.1.3 address literal of an IP address (``[IPv6:...]`` for IPv6).
+
+    Cached: a busy server sees the same client addresses over and over."""
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped

@@ -184,8 +184,12 @@ class Worker:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = self.clock()
             for session in [s for s in self.sessions if s.expired(now)]:
-                log("session_timeout", connection=session.id, server=self.id)
-                session.shutdown(TIMEOUT)
+                if session.delivering is not None:
+                    log("handoff_timeout", level=30, connection=session.id, server=self.id)
+                    session.expire_handoff()
+                else:
+                    log("session_timeout", connection=session.id, server=self.id)
+                    session.shutdown(TIMEOUT)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -65,6 +65,7 @@ class Session(asyncio.Protocol):
         self.transaction: tuple[str, datetime.datetime] | None = None
         self.content: list[bytes] = []
         self.delivering: asyncio.Task[None] | None = None
+        self.handoff_expired = False
         self.paused_reasons: set[str] = set()
         self._output: list[bytes] = []
         self.closed = False
@@ -209,15 +210,26 @@ class Session(asyncio.Protocol):
     async def _deliver(self, event: smtp.MessageComplete) -> None:
         record = self._message(event.envelope)
         self.content.clear()
+        # The worker's sweeper enforces the handoff timeout (see expired): no timer per
+        # message, which a busy worker would feel.
+        self.deadline = self.worker.clock() + self.worker.config.timeouts.handoff
         try:
-            async with asyncio.timeout(self.worker.config.timeouts.handoff):
-                delivery = await self.worker.deliver(record)
-        except TimeoutError:
+            delivery = await self.worker.deliver(record)
+        except asyncio.CancelledError:
+            if not self.handoff_expired:
+                raise
             delivery = Delivery(ok=False, reply=HANDOFF_TIMEOUT)
         except Exception as bug:  # a handoff's bug must not leave the client hanging
             log("handoff_error", level=40, message=record.email.id, error=repr(bug))
             delivery = Delivery(ok=False, reply=LOCAL_ERROR)
+        self.handoff_expired = False
         self._delivered(record, delivery)
+
+    def expire_handoff(self) -> None:
+        """The handoff took longer than its timeout: stop waiting, answer 451."""
+        if self.delivering is not None and not self.handoff_expired:
+            self.handoff_expired = True
+            self.delivering.cancel()
 
     def _delivered(self, record: M.Message, delivery: Delivery) -> None:
         self.delivering = None
@@ -297,7 +309,9 @@ class Session(asyncio.Protocol):
         self.deadline = self.worker.clock() + (timeouts.data_block if in_data else timeouts.command)
 
     def expired(self, now: float) -> bool:
-        return self.delivering is None and now >= self.deadline and not self.closed
+        """Past the deadline: of the next command or piece of content, or of the handoff
+        while a message is being made durable."""
+        return now >= self.deadline and (not self.closed or self.delivering is not None)
 
     def shutdown(self, reply: smtp.Reply) -> None:
         """Close now with ``reply`` (timeout, end of drain); a pending handoff finishes first.
