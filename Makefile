@@ -52,10 +52,13 @@ bench-core: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.core
 
-# Whole servers over loopback under Postfix's smtp-source; see docs/performance.md.
+# Whole servers over loopback under Postfix's smtp-source, then end to end into RabbitMQ;
+# see docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
+	sh scripts/test-services
 	$(BIN)/python -m bench.server
+	$(BIN)/python -m bench.amqp
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .hypothesis build *.egg-info
