@@ -157,6 +157,20 @@ def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
     assert result.stdout.count("[[listen]]") == 2
 
 
+def test_check_config_masks_broker_passwords(tmp_path: Path) -> None:
+    env = {"WILDBOAR_AMQP_URLS": "amqp://mail:s3cret@10.0.0.5:5672/mail,amqp://10.0.0.6/"}
+    result = cli("check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout
+    assert 'urls = ["amqp://mail:***@10.0.0.5:5672/mail", "amqp://10.0.0.6/"]' in result.stdout
+
+
+def test_an_amqp_setting_error_names_its_key() -> None:
+    result = cli("check-config", env={"WILDBOAR_AMQP_WHEN_DOWN": "never"})
+    assert result.returncode == 1
+    assert "amqp.when_down" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_check_config_names_every_error_without_a_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, "workers = -1\n[limits]\nerrors = 0\n")
     result = cli("check-config", "--config", path, env={"WILDBOAR_TIMEOUTS_DRAIN": "x"})

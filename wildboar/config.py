@@ -326,8 +326,10 @@ def load(
 
 
 def to_toml_like(config: Config) -> str:
-    """The effective configuration as TOML text, for ``check-config``."""
+    """The effective configuration as TOML text, for ``check-config``; broker passwords
+    are shown as ``***`` (its output ends up in tickets and chat)."""
     data = msgspec.to_builtins(config)
+    data["amqp"]["urls"] = [_without_password(url) for url in data["amqp"]["urls"]]
     lines: list[str] = []
     tables: list[str] = []
     for key, value in data.items():

@@ -365,3 +365,24 @@ def test_a_broker_that_hangs_gets_451_after_the_confirm_timeout(
     outcomes, waited = run(main())
     assert outcomes == [True, False, True]
     assert 1.0 <= waited < 3.0
+
+
+def test_a_channel_closed_by_the_broker_gets_451_then_the_topology_is_declared_again(
+    broker: Broker, tmp_path: Path
+) -> None:
+    async def main() -> list[bool]:
+        amqp = await started(handoff(broker, tmp_path))
+        outcomes = [(await amqp.deliver(make_message())).ok]
+        # An operator deletes the exchange: the next publish closes the channel (404).
+        broker.channel.exchange_delete(broker.name(ACCEPTED))
+        outcomes.append((await amqp.deliver(make_message())).ok)
+        for _ in range(300):  # reconnected, exchange declared and bound again
+            await asyncio.sleep(0.05)
+            if amqp.usable:
+                break
+        outcomes.append((await amqp.deliver(make_message())).ok)
+        await amqp.close()
+        return outcomes
+
+    assert run(main()) == [True, False, True]
+    assert len(broker.get(broker.name(ACCEPTED), 2)) == 2
