@@ -386,3 +386,25 @@ def test_a_channel_closed_by_the_broker_gets_451_then_the_topology_is_declared_a
 
     assert run(main()) == [True, False, True]
     assert len(broker.get(broker.name(ACCEPTED), 2)) == 2
+
+
+def test_a_broker_restart_gets_451_then_mail_flows_again(
+    private_node: RabbitNode, tmp_path: Path
+) -> None:
+    settings = Amqp(urls=[private_node.url], reconnect_min=0.1, reconnect_max=0.5)
+
+    async def main() -> list[bool]:
+        amqp = AmqpHandoff(settings, buffer=str(tmp_path / "buffer"), connection_name="restart")
+        await started(amqp)
+        outcomes = [(await amqp.deliver(make_message())).ok]
+        await asyncio.to_thread(private_node.stop)
+        outcomes.append((await amqp.deliver(make_message())).ok)
+        outcomes.append(amqp.refusal("connect") is not None)  # new sessions: 421 meanwhile
+        await asyncio.to_thread(private_node.start)  # a fresh node: no queues, no exchanges
+        await asyncio.to_thread(private_node.wait_ready)
+        await started(amqp)
+        outcomes.append((await amqp.deliver(make_message())).ok)
+        await amqp.close()
+        return outcomes
+
+    assert run(main()) == [True, False, True, True]

@@ -45,7 +45,7 @@ from .. import smtp
 from ..config import Amqp
 from ..message import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Message, encode
 from .base import DELIVERED, LOCAL_PROBLEM, Delivery, Handoff, HandoffStartError, failed
-from .spool import Spool, SpoolError, SpoolHandoff
+from .spool import Spool, SpoolBusy, SpoolError, SpoolHandoff
 
 log = logging.getLogger("wildboar.handoff")
 # pika logs every failed connection attempt at ERROR, several lines each; this module says
@@ -528,10 +528,8 @@ class AmqpHandoff(Handoff):
                         log.warning("amqp: buffered %s not yet published: %s", entry.id, why)
                 log.info("amqp: published %d buffered messages", len(window) - failures)
                 return failures == 0 and len(entries) > len(window)
-        except SpoolError as error:
-            if "another process" in str(error):
-                return False  # another worker drains it
-            raise
+        except SpoolBusy:
+            return False  # another worker drains it
 
 
 def _reason(error: BaseException | None) -> str:
