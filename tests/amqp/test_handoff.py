@@ -38,11 +38,15 @@ async def started(amqp: AmqpHandoff) -> AmqpHandoff:
     """Start, and wait until the broker is usable: on a machine busy with other tests,
     declaring the topology can take longer than ``start`` waits."""
     await amqp.start()
+    await usable(amqp)
+    return amqp
+
+
+async def usable(amqp: AmqpHandoff) -> None:
     for _ in range(600):
         if amqp.usable:
-            break
+            return
         await asyncio.sleep(0.1)
-    return amqp
 
 
 def test_messages_arrive_byte_for_byte_as_persistent_urn_identified_json(
@@ -402,7 +406,7 @@ def test_a_broker_restart_gets_451_then_mail_flows_again(
         outcomes.append(amqp.refusal("connect") is not None)  # new sessions: 421 meanwhile
         await asyncio.to_thread(private_node.start)  # a fresh node: no queues, no exchanges
         await asyncio.to_thread(private_node.wait_ready)
-        await started(amqp)
+        await usable(amqp)
         outcomes.append((await amqp.deliver(make_message())).ok)
         await amqp.close()
         return outcomes
