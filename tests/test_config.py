@@ -165,6 +165,25 @@ def test_check_config_masks_broker_passwords(tmp_path: Path) -> None:
     assert 'urls = ["amqp://mail:***@10.0.0.5:5672/mail", "amqp://10.0.0.6/"]' in result.stdout
 
 
+def test_amqp_urls_from_the_environment_may_be_a_json_array() -> None:
+    # A password may hold a comma; serve --amqp-url passes the URLs to workers this way.
+    config = C.load(environ={"WILDBOAR_AMQP_URLS": '["amqp://u:a,b@10.0.0.5/", "amqp://h2/"]'})
+    assert config.amqp.urls == ["amqp://u:a,b@10.0.0.5/", "amqp://h2/"]
+
+
+def test_an_amqp_url_with_a_bad_port_is_refused() -> None:
+    with pytest.raises(C.ConfigError, match="has a bad port"):
+        C.load(environ={"WILDBOAR_AMQP_URLS": "amqp://u:pw@h:56720x/"})
+
+
+def test_a_message_size_whose_records_the_broker_would_refuse_is_a_config_error() -> None:
+    environ = {"WILDBOAR_HANDOFF": "amqp", "WILDBOAR_LIMITS_MESSAGE_SIZE": "15000000"}
+    with pytest.raises(C.ConfigError, match=r"amqp\.max_message_size"):
+        C.load(environ=environ)
+    environ["WILDBOAR_AMQP_FORMAT"] = "msgpack"  # no base64: it fits
+    assert C.load(environ=environ).limits.message_size == 15_000_000
+
+
 def test_an_amqp_setting_error_names_its_key() -> None:
     result = cli("check-config", env={"WILDBOAR_AMQP_WHEN_DOWN": "never"})
     assert result.returncode == 1

@@ -197,7 +197,7 @@ def worker_environment(args: argparse.Namespace) -> dict[str, str]:
     broker URLs carry passwords, and any local user can read a command line."""
     if not args.amqp_url:
         return {}
-    return {"WILDBOAR_AMQP_URLS": ",".join(args.amqp_url)}
+    return {"WILDBOAR_AMQP_URLS": json.dumps(args.amqp_url)}  # a password may hold a comma
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -105,6 +106,10 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     format: Literal["json", "msgpack"] = "json"
     #: Publish connection, transaction and rejection events to the topic exchange ``events``.
     events: bool = True
+    #: The largest record the broker takes (RabbitMQ's ``max_message_size``: 16 MiB by
+    #: default since 4.0, 128 MiB before). A larger one would close the channel every
+    #: session shares; it is refused with 552 5.3.4 instead.
+    max_message_size: Annotated[int, msgspec.Meta(ge=1024, le=536_870_912)] = 16 * 1024 * 1024
     #: A publish not confirmed within this time is a failure (451 or store-and-forward).
     confirm_timeout: Seconds = 30.0
     connect_timeout: Seconds = 10.0
@@ -124,11 +129,22 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             parsed = urllib.parse.urlsplit(url)
             if parsed.scheme not in ("amqp", "amqps") or not parsed.hostname:
                 raise ValueError(f"{_without_password(url)!r} is not an amqp:// or amqps:// URL")
+            try:
+                parsed.port  # noqa: B018 (raises for a port that is not a number in range)
+            except ValueError:
+                raise ValueError(f"{_without_password(url)!r} has a bad port") from None
         if not self.urls:
             raise ValueError("urls: at least one broker URL is needed")
 
     def exchange(self, name: str) -> str:
         return self.prefix + name
+
+
+def _largest_record(message_size: int, encoding: str) -> int:
+    """A bound on the encoded record of a message of ``message_size`` octets: base64 in
+    JSON, plus 1 MiB for the envelope (up to 1,000 recipients), Received and ids."""
+    data = 4 * -(-message_size // 3) if encoding == "json" else message_size
+    return data + 1024 * 1024
 
 
 def _without_password(url: str) -> str:
@@ -159,6 +175,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     timeouts: Timeouts = Timeouts()
     sessions: Sessions = Sessions()
     log_format: Literal["auto", "json", "journal"] = "auto"
+
+    def __post_init__(self) -> None:
+        if "amqp" in self.handoff:
+            largest = _largest_record(self.limits.message_size, self.amqp.format)
+            if largest > self.amqp.max_message_size:
+                raise ValueError(
+                    f"limits.message_size {self.limits.message_size} makes {self.amqp.format}"
+                    f" records of up to ~{largest} octets, over amqp.max_message_size"
+                    f" {self.amqp.max_message_size}: lower the one or raise the other"
+                )
 
     @property
     def amqp_buffer(self) -> str:
@@ -276,7 +302,7 @@ def _section(name: str, value: Any, errors: list[str]) -> Any:
         else:
             raw = item
             if isinstance(item, str) and _is_list(fields[key].type):
-                raw = [part.strip() for part in item.split(",") if part.strip()]  # env
+                raw = _env_list(item)
             converted[key] = _convert(f"{name}.{key}", raw, fields[key].type, errors)
     if len(errors) > before:
         return None
@@ -285,6 +311,17 @@ def _section(name: str, value: Any, errors: list[str]) -> Any:
     except msgspec.ValidationError as error:
         errors.append(f"{name}: {error}")
         return None
+
+
+def _env_list(text: str) -> Any:
+    """A list from the environment: comma-separated, or a JSON array (for values that may
+    hold commas, such as URLs with passwords)."""
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text  # reported by the conversion, with its key
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _is_list(type_: Any) -> bool:

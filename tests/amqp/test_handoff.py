@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime
 import json
+import logging
 import signal
 import subprocess
 import time
@@ -412,3 +413,78 @@ def test_a_broker_restart_gets_451_then_mail_flows_again(
         return outcomes
 
     assert run(main()) == [True, False, True, True]
+
+
+def test_a_record_too_big_for_the_broker_gets_552_and_harms_no_other_message(
+    broker: Broker, tmp_path: Path
+) -> None:
+    big = make_message(content=b"Subject: big\r\n\r\n" + b"x" * 4000 + b"\r\n")
+
+    async def main() -> list[object]:
+        # Without the check the broker would close the channel every session shares.
+        amqp = await started(
+            handoff(broker, tmp_path, max_message_size=2048, store_and_forward=True)
+        )
+        outcomes: list[object] = []
+        for delivery in await asyncio.gather(
+            amqp.deliver(big), *(amqp.deliver(make_message()) for _ in range(5))
+        ):
+            outcomes.append(delivery.reply.code if delivery.reply else 250)
+        await amqp.close()
+        return outcomes
+
+    assert run(main()) == [552, 250, 250, 250, 250, 250]
+    assert Spool(tmp_path / "buffer").count() == 0  # never buffered: it can never go out
+    assert len(broker.get(broker.name(ACCEPTED), 5)) == 5
+
+
+def test_a_corrupt_buffered_record_is_set_aside_and_the_rest_published(
+    broker: Broker, tmp_path: Path
+) -> None:
+    messages = [make_message(when=NOW + datetime.timedelta(microseconds=i)) for i in range(3)]
+
+    async def down() -> None:
+        amqp = handoff(broker, tmp_path, urls=[DEAD_URL], store_and_forward=True)
+        await amqp.start()
+        assert [(await amqp.deliver(m)).ok for m in messages] == [True] * 3
+        await amqp.close()
+
+    async def back() -> int:
+        amqp = await started(handoff(broker, tmp_path, store_and_forward=True))
+        for _ in range(300):
+            if Spool(tmp_path / "buffer").count() == 0:
+                break
+            await asyncio.sleep(0.05)
+        await amqp.close()
+        return amqp.drained
+
+    run(down())
+    junk = tmp_path / "buffer" / "msg" / "0f0f0f0f-0f0f-4f0f-8f0f-0f0f0f0f0f0f.msgpack"
+    junk.write_bytes(b"not a record")
+    assert run(back()) == 3
+    got = broker.get(broker.name(ACCEPTED), 3)
+    assert [g.properties.message_id for g in got] == [m.email.id for m in messages]
+    assert (tmp_path / "buffer" / "corrupt" / junk.name).read_bytes() == b"not a record"
+
+
+def test_after_the_events_channel_is_closed_the_handoff_reconnects_once(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> bool:
+        amqp = await started(handoff(broker, tmp_path))
+        broker.channel.exchange_delete(broker.name("events"))
+        amqp.event("connection_open", {"connection": "x"})  # 404: the broker closes it
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not amqp.usable:
+                break
+        await usable(amqp)
+        ok = (await amqp.deliver(make_message())).ok
+        await amqp.close()
+        return ok
+
+    with caplog.at_level(logging.INFO, logger="wildboar.handoff"):
+        assert run(main())
+    # One reconnect, and no failed attempt (an old channel closing late must not count).
+    assert not [r for r in caplog.records if "unusable" in r.getMessage()]
+    assert len([r for r in caplog.records if "connected to" in r.getMessage()]) == 2

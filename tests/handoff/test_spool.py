@@ -587,3 +587,20 @@ def test_cli_corrupt_file_is_one_line(three: tuple[Path, list[M.Message]]) -> No
     uuid = M.new_urn().removeprefix("urn:uuid:")
     (path / "msg" / f"{uuid}.msgpack").write_bytes(b"garbage")
     assert_one_error_line(cli("ls", "--spool", str(path)), uuid, "not a valid message record")
+
+
+def test_readable_lists_around_a_corrupt_record_and_quarantine_moves_it(tmp_path: Path) -> None:
+    good = make_message()
+    outcomes, _ = run(spool_messages(tmp_path, [good]))
+    assert outcomes == [DELIVERED]
+    bad = tmp_path / "msg" / "0f0f0f0f-0f0f-4f0f-8f0f-0f0f0f0f0f0f.msgpack"
+    bad.write_bytes(b"junk")
+    spool = Spool(tmp_path)
+    with pytest.raises(SpoolError, match="not a valid message record"):
+        spool.list()
+    entries, corrupt = spool.readable()
+    assert [e.id for e in entries] == [good.email.id]
+    assert corrupt == ["urn:uuid:0f0f0f0f-0f0f-4f0f-8f0f-0f0f0f0f0f0f"]
+    moved = spool.quarantine(corrupt[0])
+    assert moved == str(tmp_path / "corrupt" / bad.name) and not bad.exists()
+    assert [e.id for e in spool.list()] == [good.email.id]

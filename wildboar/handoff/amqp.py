@@ -45,7 +45,16 @@ from .. import smtp
 from ..config import Amqp
 from ..message import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Message, encode
 from .base import DELIVERED, LOCAL_PROBLEM, Delivery, Handoff, HandoffStartError, failed
-from .spool import Spool, SpoolBusy, SpoolError, SpoolHandoff
+from .spool import (
+    CORRUPT_DIR,
+    HELD_DIR,
+    CorruptMessage,
+    NoSuchMessage,
+    Spool,
+    SpoolBusy,
+    SpoolError,
+    SpoolHandoff,
+)
 
 log = logging.getLogger("wildboar.handoff")
 # pika logs every failed connection attempt at ERROR, several lines each; this module says
@@ -61,12 +70,20 @@ BROKER_DOWN_AT_CONNECT = smtp.Reply(
     421, "4.3.2", "Service not available, message queue unreachable, try again later"
 )
 BROKER_DOWN_AT_MAIL = smtp.Reply(451, "4.3.0", "Error: message queue unreachable, try again later")
+#: RFC 3463 X.3.4 "Message too big for system": the record exceeds what the broker takes.
+TOO_BIG_FOR_BROKER = smtp.Reply(552, "5.3.4", "Error: message too big for the message queue")
+#: ``publish``'s answer for a record larger than ``amqp.max_message_size``.
+TOO_BIG = "larger than amqp.max_message_size"
+#: A connection lost sooner than this after it opened does not reset the back-off.
+STABLE_AFTER = 10.0
 #: How long ``start`` waits for the first connection before serving without one.
 START_WAIT = 5.0
 #: Messages the drain publishes before it waits for their confirms.
 DRAIN_WINDOW = 64
 #: Between two looks at an idle or locked buffer.
 DRAIN_IDLE = 2.0
+#: How long ``close`` waits for the broker to acknowledge the connection's close.
+CLOSE_WAIT = 2.0
 #: Opening channels and declaring the topology, after the connection is open.
 SETUP_TIMEOUT = 60.0
 #: Between two looks for publishes past their confirm timeout.
@@ -87,7 +104,10 @@ class _InFlight:
 def describe_url(url: str) -> str:
     """``host:port/vhost`` of a broker URL: what the log may show (no credentials)."""
     parsed = urllib.parse.urlsplit(url)
-    port = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
+    try:
+        port: int | str = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
+    except ValueError:  # not a number: say so, never raise while reporting an error
+        port = "?"
     vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else "/"
     return f"{parsed.hostname}:{port}{'' if vhost == '/' else '/' + vhost}"
 
@@ -186,6 +206,9 @@ class AmqpHandoff(Handoff):
         why = await self.publish(message)
         if why is None:
             return DELIVERED
+        if why == TOO_BIG:  # it can never be published: neither retry nor buffer it
+            log.error("amqp: %s refused: its record is %s", message.email.id, TOO_BIG)
+            return failed(TOO_BIG_FOR_BROKER)
         if self.buffer is None:
             log.error("amqp: %s not published: %s", message.email.id, why)
             return failed(LOCAL_PROBLEM)
@@ -204,12 +227,19 @@ class AmqpHandoff(Handoff):
             await asyncio.sleep(0.01)
         if self._expiry is not None:
             self._expiry.cancel()
+        self._fail_in_flight("the worker is stopping")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        connection = self._connection
         self._disconnect("closing")
+        deadline = time.monotonic() + CLOSE_WAIT
+        while connection is not None and not connection.is_closed:  # the close handshake
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.01)
         if self.buffer is not None:
             await self.buffer.close()
 
@@ -220,6 +250,9 @@ class AmqpHandoff(Handoff):
         if not self.usable:
             return "blocked by a broker alarm" if self._blocked else "no broker connection"
         body = encode(message, self.content_type)
+        if len(body) > self.settings.max_message_size:
+            # The broker would close the channel shared by every session over it.
+            return TOO_BIG
         properties = pika.BasicProperties(
             content_type=self.content_type,
             delivery_mode=pika.DeliveryMode.Persistent,
@@ -340,30 +373,39 @@ class AmqpHandoff(Handoff):
     # --- the connection ------------------------------------------------------------
 
     async def _keep_connected(self) -> None:
+        """Connect to the first URL that answers; when the connection is lost, start again
+        from the first URL (the preferred one): at once if the connection had lasted, after
+        the back-off delay if it was lost soon after it opened or no URL answered."""
         delay = self.settings.reconnect_min
         while not self._closing:
-            for name, parameters in self._parameters:
-                try:
-                    await self._connect(parameters)
-                except (BrokerError, TimeoutError, OSError) as error:
-                    log.warning("amqp: broker %s unusable: %s", name, error or "timeout")
-                    self._disconnect("connect failed")
-                    continue
-                self.broker = name
+            if await self._serve_one_connection():
                 delay = self.settings.reconnect_min
-                log.info("amqp: connected to %s", name)
-                self._up.set()
-                self._drain_wake.set()
-                assert self._lost is not None
-                why = await self._lost
-                self._up.clear()
-                self._fail_in_flight(f"connection lost: {why}")
-                self._disconnect(why)
-                log.warning("amqp: connection to %s lost: %s", name, why)
-                break  # start again from the first URL: it is the preferred one
-            else:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.reconnect_max)
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.reconnect_max)
+
+    async def _serve_one_connection(self) -> bool:
+        """Hold one connection until it is lost: True if it lasted ``STABLE_AFTER``."""
+        for name, parameters in self._parameters:
+            try:
+                await self._connect(parameters)
+            except (BrokerError, TimeoutError, OSError) as error:
+                log.warning("amqp: broker %s unusable: %s", name, _reason(error))
+                self._disconnect("connect failed")
+                continue
+            self.broker = name
+            log.info("amqp: connected to %s", name)
+            opened_at = time.monotonic()
+            self._up.set()
+            self._drain_wake.set()
+            assert self._lost is not None
+            why = await self._lost
+            self._up.clear()
+            self._fail_in_flight(f"connection lost: {why}")
+            self._disconnect(why)
+            log.warning("amqp: connection to %s lost: %s", name, why)
+            return time.monotonic() - opened_at >= STABLE_AFTER
+        return False
 
     async def _connect(self, parameters: pika.URLParameters) -> None:
         loop = asyncio.get_running_loop()
@@ -460,7 +502,8 @@ class AmqpHandoff(Handoff):
             self._lose(f"connection closed: {_reason(error)}")
 
     def _on_channel_closed(self, channel: Any, error: BaseException) -> None:
-        if channel is self._channel or channel is self._events or self._channel is None:
+        # A channel of an earlier connection, closing late, must not end the current one.
+        if channel.connection is self._connection:
             self._lose(f"channel closed: {_reason(error)}")
 
     def _on_blocked(self, connection: Any, frame: Any) -> None:
@@ -491,12 +534,15 @@ class AmqpHandoff(Handoff):
     # --- store and forward -----------------------------------------------------------
 
     async def _drain_buffer(self) -> None:
-        """Publish buffered messages, oldest first, while the broker is up; remove each
-        from the buffer once confirmed. One worker drains at a time (``Spool.lock``)."""
+        """Publish buffered messages, oldest first, while the broker takes them; remove
+        each from the buffer once confirmed. One worker drains at a time (``Spool.lock``)."""
         while not self._closing:
             await self._up.wait()
+            if not self.usable:  # connected but blocked by an alarm: nothing to try yet
+                await asyncio.sleep(DRAIN_IDLE)
+                continue
             try:
-                more = await self._drain_once()
+                more = await self._drain_pass()
             except (OSError, SpoolError) as error:
                 log.error("amqp: cannot drain %s: %s", self.buffer_path, error)
                 more = False
@@ -507,33 +553,70 @@ class AmqpHandoff(Handoff):
                 async with asyncio.timeout(DRAIN_IDLE):
                     await self._drain_wake.wait()
 
-    async def _drain_once(self) -> bool:
-        """One window of buffered messages; True when more may wait."""
+    async def _drain_pass(self) -> bool:
+        """Every message in the buffer now, oldest first, ``DRAIN_WINDOW`` in flight, each
+        removed once confirmed. True when all were published (more may have come since).
+        The buffer is listed once per pass: a pass costs one read of each file to order
+        them and one to publish it."""
         spool = Spool(self.buffer_path)
         try:
             with spool.lock():
-                entries = await asyncio.to_thread(spool.list)
+                entries, corrupt = await asyncio.to_thread(spool.readable)
+                for urn in corrupt:
+                    await self._set_aside(spool, urn, CORRUPT_DIR, "is not a valid record")
                 if not entries:
                     return False
-                window = entries[:DRAIN_WINDOW]
-                messages = [await asyncio.to_thread(spool.load, e.id) for e in window]
-                outcomes = await asyncio.gather(*(self.publish(m) for m in messages))
-                failures = 0
-                for entry, why in zip(window, outcomes, strict=True):
-                    if why is None:  # confirmed: the broker has it, the buffer need not
-                        await asyncio.to_thread(spool.remove, entry.id)
-                        self.drained += 1
-                    else:
-                        failures += 1
-                        log.warning("amqp: buffered %s not yet published: %s", entry.id, why)
-                log.info("amqp: published %d buffered messages", len(window) - failures)
-                return failures == 0 and len(entries) > len(window)
+                published = 0
+                for start in range(0, len(entries), DRAIN_WINDOW):
+                    if not self.usable:
+                        return False
+                    window = [e.id for e in entries[start : start + DRAIN_WINDOW]]
+                    done, failures = await self._drain_window(spool, window)
+                    published += done
+                    if failures:
+                        log.warning(
+                            "amqp: %d buffered messages not yet published: %s",
+                            len(failures),
+                            failures[0],
+                        )
+                        return False
+                log.info("amqp: published %d buffered messages", published)
+                return True
         except SpoolBusy:
             return False  # another worker drains it
+
+    async def _drain_window(self, spool: Spool, urns: list[str]) -> tuple[int, list[str]]:
+        """Publish ``urns`` from the buffer: (how many were published, why others not)."""
+        messages: list[Message] = []
+        for urn in urns:
+            try:
+                messages.append(await asyncio.to_thread(spool.load, urn))
+            except NoSuchMessage:
+                continue  # gone since the listing
+            except CorruptMessage:
+                await self._set_aside(spool, urn, CORRUPT_DIR, "is not a valid record")
+        outcomes = await asyncio.gather(*(self.publish(m) for m in messages))
+        published, failures = 0, []
+        for message, why in zip(messages, outcomes, strict=True):
+            if why is None:  # confirmed: the broker has it, the buffer need not
+                await asyncio.to_thread(spool.remove, message.email.id)
+                self.drained += 1
+                published += 1
+            elif why == TOO_BIG:  # no retry will ever publish it
+                await self._set_aside(spool, message.email.id, HELD_DIR, f"is {TOO_BIG}")
+            else:
+                failures.append(why)
+        return published, failures
+
+    async def _set_aside(self, spool: Spool, urn: str, into: str, why: str) -> None:
+        path = await asyncio.to_thread(spool.quarantine, urn, into)
+        log.error("amqp: buffered %s %s: moved to %s", urn, why, path)
 
 
 def _reason(error: BaseException | None) -> str:
     if error is None:
         return "closed"
+    if isinstance(error, TimeoutError) and not str(error):
+        return "timed out"
     text = str(error) or type(error).__name__
     return f"{type(error).__name__}: {text}" if text != type(error).__name__ else text

@@ -7,6 +7,8 @@ Layout (several worker processes may share one spool; they never share a file)::
 
     <path>/tmp/<uuid>.<pid>.tmp   being written; never listed; stale ones are removed
     <path>/msg/<uuid>.msgpack     durable: the msgpack ``Message``, named by ``email.id``
+    <path>/corrupt/<uuid>.msgpack a record that could not be read, moved aside by a drain
+    <path>/held/<uuid>.msgpack    a record no target will take (too big), moved aside
 
 A message is durable, and ``deliver`` returns ok, only after: its temp file was written
 and fsync'd, renamed into ``msg/``, and ``msg/`` was fsync'd. One committer coroutine per
@@ -55,6 +57,10 @@ log = logging.getLogger("wildboar.handoff")
 TMP_DIR = "tmp"
 MSG_DIR = "msg"
 SUFFIX = ".msgpack"
+#: Where records that cannot be read are moved aside (``Spool.quarantine``).
+CORRUPT_DIR = "corrupt"
+#: Where valid records that cannot be delivered are moved aside (e.g. too big for a broker).
+HELD_DIR = "held"
 # A temp file is written within one handoff (``timeouts.handoff``, 540 s by default); one
 # older than an hour was left by a crash, and start() removes it.
 STALE_TMP_SECONDS = 3600.0
@@ -82,6 +88,10 @@ class NoSuchMessage(SpoolError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class CorruptMessage(SpoolError):
+    """A file in ``msg/`` that is not a valid message record."""
 
 
 class SpoolBusy(SpoolError):
@@ -429,6 +439,37 @@ class Spool:
             (e for e in entries if e is not None), key=lambda e: (e.created, e.mtime, e.id)
         )
 
+    def readable(self) -> tuple[builtins.list[Entry], builtins.list[str]]:
+        """Like ``list``, but a corrupt record does not stop it: (the valid entries, oldest
+        first; the URNs of the corrupt ones)."""
+        entries: builtins.list[Entry] = []
+        corrupt: builtins.list[str] = []
+        for uuid in self.uuids():
+            try:
+                entry = self._entry(uuid)
+            except CorruptMessage:
+                corrupt.append(_URN_PREFIX + uuid)
+                continue
+            if entry is not None:
+                entries.append(entry)
+        entries.sort(key=lambda e: (e.created, e.mtime, e.id))
+        return entries, corrupt
+
+    def quarantine(self, message_id: str, into: str = CORRUPT_DIR) -> str:
+        """Move a message out of ``msg/`` into ``into/`` (``corrupt/``, ``held/``): kept for
+        the operator, never delivered from there; its new path."""
+        uuid = message_uuid(message_id)
+        directory = os.path.join(self.layout.root, into)
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        target = os.path.join(directory, uuid + SUFFIX)
+        try:
+            os.rename(self.layout.final(uuid), target)
+        except FileNotFoundError:
+            raise self._missing(uuid) from None
+        fsync_dir(directory)
+        fsync_dir(self.layout.msg)
+        return target
+
     def load(self, message_id: str) -> Message:
         """The message with ``urn:uuid:<uuid>`` or bare ``<uuid>`` ``message_id``."""
         data, _ = self._read(message_uuid(message_id))
@@ -488,9 +529,9 @@ class Spool:
     def _missing(self, uuid: str) -> NoSuchMessage:
         return NoSuchMessage(f"no message {_URN_PREFIX}{uuid} in spool {self.layout.root}")
 
-    def _corrupt(self, message_id: str, error: msgspec.DecodeError) -> SpoolError:
+    def _corrupt(self, message_id: str, error: msgspec.DecodeError) -> CorruptMessage:
         path = self.layout.final(message_uuid(message_id))
-        return SpoolError(f"{path}: not a valid message record: {error}")
+        return CorruptMessage(f"{path}: not a valid message record: {error}")
 
 
 def _is_message_name(name: str) -> bool:
