@@ -31,7 +31,7 @@ def connected(server: Server, workers: int, timeout: float = 60.0) -> None:
     tests can take longer than that to declare the topology."""
     deadline = time.monotonic() + timeout
     while True:
-        said = [r for r in list(server.logs) if str(r.get("event")).startswith("amqp: connected")]
+        said = [r for r in list(server.logs) if r.get("event") == "amqp_connected"]
         if len(said) >= workers:
             return
         assert time.monotonic() < deadline, "".join(server.stderr)[-3000:]

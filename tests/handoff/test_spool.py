@@ -366,7 +366,8 @@ def test_discard_warns_and_keeps_nothing(caplog: pytest.LogCaptureFixture) -> No
     [record] = caplog.records
     assert record.name == "wildboar.handoff"
     assert record.levelno == logging.WARNING
-    assert "thrown away" in record.getMessage()
+    assert record.getMessage() == "discard_handoff"
+    assert "thrown away" in record.fields["warning"]  # type: ignore[attr-defined]
     assert handoff.name == "discard"
     assert handoff.discarded == 1
 

@@ -44,7 +44,15 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from .. import smtp
 from ..config import Amqp
 from ..message import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Message, encode
-from .base import DELIVERED, LOCAL_PROBLEM, Delivery, Handoff, HandoffStartError, failed
+from .base import (
+    DELIVERED,
+    LOCAL_PROBLEM,
+    Delivery,
+    Handoff,
+    HandoffStartError,
+    failed,
+    report,
+)
 from .spool import (
     CORRUPT_DIR,
     HELD_DIR,
@@ -56,7 +64,6 @@ from .spool import (
     SpoolHandoff,
 )
 
-log = logging.getLogger("wildboar.handoff")
 # pika logs every failed connection attempt at ERROR, several lines each; this module says
 # once, in one line, what failed and what it does about it.
 logging.getLogger("pika").setLevel(logging.CRITICAL)
@@ -184,10 +191,11 @@ class AmqpHandoff(Handoff):
             async with asyncio.timeout(min(START_WAIT, self.settings.connect_timeout)):
                 await self._up.wait()
         if not self._up.is_set():
-            log.warning(
-                "amqp: no broker reachable at start (%s); %s until one is",
-                ", ".join(name for name, _ in self._parameters),
-                "buffering messages in " + self.buffer_path
+            report(
+                logging.WARNING,
+                "amqp_unreachable_at_start",
+                brokers=[name for name, _ in self._parameters],
+                meanwhile=f"buffering in {self.buffer_path}"
                 if self.buffer is not None
                 else f"refusing mail at {self.settings.when_down}",
             )
@@ -207,16 +215,16 @@ class AmqpHandoff(Handoff):
         if why is None:
             return DELIVERED
         if why == TOO_BIG:  # it can never be published: neither retry nor buffer it
-            log.error("amqp: %s refused: its record is %s", message.email.id, TOO_BIG)
+            report(logging.ERROR, "amqp_too_big", message=message.email.id, why=TOO_BIG)
             return failed(TOO_BIG_FOR_BROKER)
         if self.buffer is None:
-            log.error("amqp: %s not published: %s", message.email.id, why)
+            report(logging.ERROR, "amqp_not_published", message=message.email.id, why=why)
             return failed(LOCAL_PROBLEM)
         outcome = await self.buffer.deliver(message)
         if outcome.ok:
             self.buffered += 1
             self._drain_wake.set()
-            log.warning("amqp: %s buffered for later publishing: %s", message.email.id, why)
+            report(logging.WARNING, "amqp_buffered", message=message.email.id, why=why)
         return outcome
 
     async def close(self) -> None:
@@ -290,13 +298,23 @@ class AmqpHandoff(Handoff):
         """Publish a message refused after its content (with ``rejection`` set), without
         holding up the session; a failure is logged, the client had its 5xx already."""
         if not self.usable:
-            log.warning("amqp: rejected %s not published: no broker", message.email.id)
+            report(
+                logging.WARNING,
+                "amqp_rejected_not_published",
+                message=message.email.id,
+                why="no broker connection",
+            )
             return
 
         async def publish() -> None:
             why = await self.publish(message, self.rejected_exchange)
             if why is not None:
-                log.warning("amqp: rejected %s not published: %s", message.email.id, why)
+                report(
+                    logging.WARNING,
+                    "amqp_rejected_not_published",
+                    message=message.email.id,
+                    why=why,
+                )
 
         task = asyncio.get_running_loop().create_task(publish())
         self._tasks.append(task)
@@ -390,11 +408,11 @@ class AmqpHandoff(Handoff):
             try:
                 await self._connect(parameters)
             except (BrokerError, TimeoutError, OSError) as error:
-                log.warning("amqp: broker %s unusable: %s", name, _reason(error))
+                report(logging.WARNING, "amqp_broker_unusable", broker=name, why=_reason(error))
                 self._disconnect("connect failed")
                 continue
             self.broker = name
-            log.info("amqp: connected to %s", name)
+            report(logging.INFO, "amqp_connected", broker=name)
             opened_at = time.monotonic()
             self._up.set()
             self._drain_wake.set()
@@ -403,7 +421,7 @@ class AmqpHandoff(Handoff):
             self._up.clear()
             self._fail_in_flight(f"connection lost: {why}")
             self._disconnect(why)
-            log.warning("amqp: connection to %s lost: %s", name, why)
+            report(logging.WARNING, "amqp_connection_lost", broker=name, why=why)
             return time.monotonic() - opened_at >= STABLE_AFTER
         return False
 
@@ -510,12 +528,12 @@ class AmqpHandoff(Handoff):
         # RabbitMQ says so when a connection publishes during a memory or disk alarm, and
         # holds what it published until the alarm clears: do not keep the senders waiting.
         self._blocked = True
-        log.warning("amqp: the broker blocked publishing (resource alarm): %s", self.broker)
+        report(logging.WARNING, "amqp_blocked", broker=self.broker, why="resource alarm")
         self._fail_in_flight("blocked by a broker alarm")
 
     def _on_unblocked(self, connection: Any, frame: Any) -> None:
         self._blocked = False
-        log.info("amqp: the broker unblocked publishing: %s", self.broker)
+        report(logging.INFO, "amqp_unblocked", broker=self.broker)
 
     def _lose(self, why: str) -> None:
         self._channel = None
@@ -544,7 +562,7 @@ class AmqpHandoff(Handoff):
             try:
                 more = await self._drain_pass()
             except (OSError, SpoolError) as error:
-                log.error("amqp: cannot drain %s: %s", self.buffer_path, error)
+                report(logging.ERROR, "amqp_drain_failed", buffer=self.buffer_path, why=str(error))
                 more = False
             if more:
                 continue
@@ -574,13 +592,15 @@ class AmqpHandoff(Handoff):
                     done, failures = await self._drain_window(spool, window)
                     published += done
                     if failures:
-                        log.warning(
-                            "amqp: %d buffered messages not yet published: %s",
-                            len(failures),
-                            failures[0],
+                        report(
+                            logging.WARNING,
+                            "amqp_drain_stopped",
+                            published=published,
+                            failed=len(failures),
+                            why=failures[0],
                         )
                         return False
-                log.info("amqp: published %d buffered messages", published)
+                report(logging.INFO, "amqp_drained", published=published)
                 return True
         except SpoolBusy:
             return False  # another worker drains it
@@ -610,13 +630,38 @@ class AmqpHandoff(Handoff):
 
     async def _set_aside(self, spool: Spool, urn: str, into: str, why: str) -> None:
         path = await asyncio.to_thread(spool.quarantine, urn, into)
-        log.error("amqp: buffered %s %s: moved to %s", urn, why, path)
+        report(logging.ERROR, "amqp_set_aside", message=urn, why=why, path=path)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """pika wraps the failure that matters (a refused connection, say) a few layers deep:
+    a workflow failure holding connector failures holding the socket error."""
+    for _ in range(6):
+        inner = getattr(error, "exceptions", None)
+        if inner:
+            error = inner[-1]
+            continue
+        cause = getattr(error, "exception", None)
+        if isinstance(cause, BaseException):
+            error = cause
+            continue
+        if error.args and isinstance(error.args[0], BaseException):
+            error = error.args[0]
+            continue
+        break
+    return error
 
 
 def _reason(error: BaseException | None) -> str:
+    """One line for the log: what failed, without pika's layers."""
     if error is None:
         return "closed"
+    if isinstance(error, BrokerError):
+        return str(error)
+    error = _root_cause(error)
     if isinstance(error, TimeoutError) and not str(error):
         return "timed out"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
     text = str(error) or type(error).__name__
     return f"{type(error).__name__}: {text}" if text != type(error).__name__ else text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import logging
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -20,6 +21,19 @@ import msgspec
 
 from .. import smtp
 from ..message import Message
+
+_log = logging.getLogger("wildboar.handoff")
+
+
+def report(level: int, event: str, **fields: object) -> None:
+    """A handoff's log event: a name and fields, like the worker's own events (its JSON
+    lines carry the fields as keys; journald gets them as upper-case fields)."""
+    journal = {
+        key.upper(): value if isinstance(value, str) else repr(value)
+        for key, value in fields.items()
+    }
+    _log.log(level, event, extra={"fields": fields, **journal})
+
 
 # RFC 3463 §3.4 X.3.1 "Mail system full"; Postfix's text for the same condition.
 INSUFFICIENT_STORAGE = smtp.Reply(452, "4.3.1", "Insufficient system storage")

@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 
 from ..message import Message
-from .base import DELIVERED, Delivery, Handoff
-
-log = logging.getLogger("wildboar.handoff")
+from .base import DELIVERED, Delivery, Handoff, report
 
 
 class DiscardHandoff(Handoff):
@@ -24,9 +22,11 @@ class DiscardHandoff(Handoff):
         self.discarded = 0
 
     async def start(self) -> None:
-        log.warning(
-            "discard handoff: accepted messages are thrown away, not delivered "
-            "(for benchmarks only; remove 'discard' from handoff in the configuration)"
+        report(
+            logging.WARNING,
+            "discard_handoff",
+            warning="accepted messages are thrown away, not delivered (for benchmarks only;"
+            " remove 'discard' from handoff in the configuration)",
         )
 
     async def deliver(self, message: Message) -> Delivery:

@@ -50,9 +50,8 @@ from .base import (
     HandoffStartError,
     failed,
     local_failure,
+    report,
 )
-
-log = logging.getLogger("wildboar.handoff")
 
 TMP_DIR = "tmp"
 MSG_DIR = "msg"
@@ -305,7 +304,9 @@ class SpoolHandoff(Handoff):
                 f"spool {self.layout.root} is not usable: {describe(error)}"
             ) from None
         if removed:
-            log.warning("spool %s: removed %d stale temp files", self.layout.root, removed)
+            report(
+                logging.WARNING, "spool_stale_temp_removed", spool=self.layout.root, files=removed
+            )
 
     async def deliver(self, message: Message) -> Delivery:
         """Durable in ``msg/`` before this returns ok. A malformed ``email.id`` is the
@@ -313,7 +314,7 @@ class SpoolHandoff(Handoff):
         uuid = message_uuid(message.email.id)
         data = encode(message, CONTENT_TYPE_MSGPACK)
         if self._closing:
-            log.error("spool: %s refused: the spool handoff is closed", message.email.id)
+            report(logging.ERROR, "spool_closed", message=message.email.id)
             return failed(LOCAL_PROBLEM)
         future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(message.email.id, uuid, data, future))
@@ -367,7 +368,7 @@ class SpoolHandoff(Handoff):
     def _resolve(self, pending: _Pending, error: OSError | None) -> None:
         outcome = DELIVERED
         if error is not None:
-            log.error("spool: %s not spooled: %s", pending.id, describe(error))
+            report(logging.ERROR, "spool_write_failed", message=pending.id, why=describe(error))
             outcome = local_failure(error)
         if not pending.future.done():
             pending.future.set_result(outcome)
