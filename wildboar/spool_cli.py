@@ -119,10 +119,19 @@ def format_entry(entry: Entry) -> str:
     return f"{entry.id}  {_time(entry.mtime)}  {entry.size:>9}  {sender} -> {to}"
 
 
+def _say_set_aside(spool: Spool) -> None:
+    """On stderr (stdout stays parseable): records a drain moved aside, which wait for the
+    operator and are delivered by nobody."""
+    for name, count in spool.set_aside().items():
+        where = os.path.join(spool.layout.root, name)
+        print(f"wildboar spool: {count} set aside in {where}/, not delivered", file=sys.stderr)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     def ls(spool: Spool) -> int:
         for entry in spool.list():
             sys.stdout.write(format_entry(entry) + "\n")
+        _say_set_aside(spool)
         return 0
 
     return _run(args, ls)
@@ -131,6 +140,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_count(args: argparse.Namespace) -> int:
     def count(spool: Spool) -> int:
         sys.stdout.write(f"{spool.count()}\n")
+        _say_set_aside(spool)
         return 0
 
     return _run(args, count)

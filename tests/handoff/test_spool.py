@@ -507,6 +507,14 @@ def test_cli_count(three: tuple[Path, list[M.Message]]) -> None:
     assert cli("count", "--spool", str(path)).stdout == "3\n"
 
 
+def test_cli_says_on_stderr_what_was_set_aside(three: tuple[Path, list[M.Message]]) -> None:
+    path, ordered = three
+    Spool(path).quarantine(ordered[0].email.id, "held")
+    result = cli("count", "--spool", str(path))
+    assert result.stdout == "2\n"
+    assert result.stderr == f"wildboar spool: 1 set aside in {path}/held/, not delivered\n"
+
+
 def test_cli_show_prints_the_wire_form_indented(three: tuple[Path, list[M.Message]]) -> None:
     path, ordered = three
     for message_id in (ordered[2].email.id, uuid_of(ordered[2])):

@@ -440,6 +440,19 @@ class Spool:
             (e for e in entries if e is not None), key=lambda e: (e.created, e.mtime, e.id)
         )
 
+    def set_aside(self) -> dict[str, int]:
+        """How many records wait in ``corrupt/`` and ``held/`` for the operator."""
+        counts = {}
+        for name in (CORRUPT_DIR, HELD_DIR):
+            try:
+                files = os.listdir(os.path.join(self.layout.root, name))
+            except FileNotFoundError:
+                continue
+            counted = sum(1 for f in files if _is_message_name(f))
+            if counted:
+                counts[name] = counted
+        return counts
+
     def readable(self) -> tuple[builtins.list[Entry], builtins.list[str]]:
         """Like ``list``, but a corrupt record does not stop it: (the valid entries, oldest
         first; the URNs of the corrupt ones)."""
