@@ -10,7 +10,8 @@ spool, drained in order once the broker is back), the rejected exchange and the
 fire-and-forget ``events`` exchange.
 Must not know: sessions or SMTP syntax; the outcome is a ``Delivery``.
 Security: the broker is trusted, but its failures never reach a client as text: every
-failure is the catalogue reply ``451 4.3.0``. Broker credentials live in the URLs of the
+failure is the catalogue reply ``451 4.3.0`` (or ``552 5.3.4`` for a record larger than
+the broker takes, which no retry can publish). Broker credentials live in the URLs of the
 configuration and are never logged (only host and port are).
 
 Outcomes of one publish (``deliver``):
