@@ -242,13 +242,9 @@ def verdicts(results: Sequence[Result]) -> list[str]:
 
 
 def plot(results: Sequence[Result], info: dict[str, object], path: Path) -> Path | None:
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
+    plt = output.pyplot()
+    if plt is None:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     fig, axes = plt.subplots(1, len(SIZES), figsize=(12, 5))
     for ax, size in zip(axes, SIZES, strict=True):

@@ -360,13 +360,9 @@ def save(results: Sequence[Result], info: dict[str, str], out: Path) -> list[Pat
 
 
 def plot(results: Sequence[Result], info: dict[str, str], path: Path) -> Path | None:
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+    plt = output.pyplot()
+    if plt is None:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     titles = [r.title for r in results][::-1]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.6 * len(results) + 1.8), sharey=True)

@@ -5,10 +5,25 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive Agg backend, or None (said on stderr) when
+    matplotlib is not installed (it is the ``bench`` extra)."""
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+
+    return plt
 
 
 def save(

@@ -534,13 +534,9 @@ def save(results: Sequence[Result], info: dict[str, object], out: Path) -> list[
 
 
 def plot(results: Sequence[Result], info: dict[str, object], path: Path) -> Path | None:
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+    plt = output.pyplot()
+    if plt is None:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     scenarios = [s for s in SCENARIOS if any(r.scenario() == s for r in results)]
     labels = list(dict.fromkeys(_label(r) for r in results))
