@@ -35,7 +35,10 @@ class Server:
         listen: Sequence[str] = ("127.0.0.1:0",),
         env: dict[str, str] | None = None,
         command: Sequence[str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
+        """``command`` replaces ``wildboar serve``; ``wrapper`` runs before it (a command
+        that ends by running its arguments)."""
         self.spool = spool
         argv = [sys.executable, "-m", "wildboar.cli", "serve", "--workers", str(workers)]
         for address in listen:
@@ -49,7 +52,7 @@ class Server:
         self.stderr: list[str] = []
         self._changed = threading.Condition()
         self.proc = subprocess.Popen(
-            list(command or argv),
+            [*wrapper, *(command or argv)],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,

@@ -26,13 +26,9 @@ _log = logging.getLogger("wildboar.handoff")
 
 
 def report(level: int, event: str, **fields: object) -> None:
-    """A handoff's log event: a name and fields, like the worker's own events (its JSON
-    lines carry the fields as keys; journald gets them as upper-case fields)."""
-    journal = {
-        key.upper(): value if isinstance(value, str) else repr(value)
-        for key, value in fields.items()
-    }
-    _log.log(level, event, extra={"fields": fields, **journal})
+    """A handoff's log event: a name and fields, like the worker's own events (the
+    worker's log handler writes the fields as JSON keys or journald fields)."""
+    _log.log(level, event, extra={"fields": fields})
 
 
 # RFC 3463 §3.4 X.3.1 "Mail system full"; Postfix's text for the same condition.

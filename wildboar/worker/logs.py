@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,8 @@ from typing import Any
 import msgspec
 
 LOGGER = logging.getLogger("wildboar")
-_encoder = msgspec.json.Encoder()
+# A field of a type msgspec does not know (a path, an exception) is logged as its str().
+_encoder = msgspec.json.Encoder(enc_hook=str)
 
 
 class JsonLines(logging.Formatter):
@@ -38,12 +40,115 @@ class JsonLines(logging.Formatter):
         return _encoder.encode(entry).decode()
 
 
+# Fields journald or its tools give a meaning of their own: ours would clash with them.
+# https://www.freedesktop.org/software/systemd/man/latest/systemd.journal-fields.html
+JOURNAL_RESERVED = frozenset(
+    {
+        "MESSAGE",
+        "MESSAGE_ID",
+        "PRIORITY",
+        "CODE_FILE",
+        "CODE_LINE",
+        "CODE_FUNC",
+        "ERRNO",
+        "INVOCATION_ID",
+        "USER_INVOCATION_ID",
+        "SYSLOG_FACILITY",
+        "SYSLOG_IDENTIFIER",
+        "SYSLOG_PID",
+        "SYSLOG_TIMESTAMP",
+        "SYSLOG_RAW",
+        "DOCUMENTATION",
+        "TID",
+        "UNIT",
+        "USER_UNIT",
+        "EVENT",
+    }
+)
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+_NOT_FIELD_NAME = re.compile(r"[^A-Z0-9_]")
+# A value printed bare in MESSAGE: no space, quote, equals sign, backslash or control.
+_BARE = re.compile(r"[^\s\"=\\\x00-\x1f\x7f]+")
+
+
+def journal_field(key: str) -> str:
+    """The journald name of a log field: upper case, only A-Z, 0-9 and ``_``, not starting
+    with ``_`` or a digit (journald drops such fields), prefixed ``WILDBOAR_`` where it
+    would clash with a field journald reserves (``message`` becomes ``WILDBOAR_MESSAGE``)."""
+    name = _NOT_FIELD_NAME.sub("_", key.upper())
+    if not name or name[0] in "_0123456789" or name in JOURNAL_RESERVED:
+        name = "WILDBOAR_" + name.lstrip("_")
+    return name
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else _encoder.encode(value).decode()
+
+
+def journal_message(event: str, fields: dict[str, Any]) -> str:
+    """``MESSAGE``: the event, then ``key=value`` for every field, so that ``journalctl``
+    shows what happened without ``-o json``. A value that is not a bare token (a quoted
+    local part, a reply with spaces) is a JSON string: a client cannot forge a field."""
+    parts = [event]
+    for key, value in fields.items():
+        text = _text(value)
+        if not _BARE.fullmatch(text):
+            text = _encoder.encode(text).decode()
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+class JournalFields(logging.Handler):
+    """Each record to journald (python-systemd's native protocol): ``MESSAGE`` (see
+    ``journal_message``), ``EVENT``, ``PRIORITY``, ``SYSLOG_IDENTIFIER=wildboar`` and one
+    field per log field (see ``journal_field``), so ``journalctl EVENT=message_accepted``
+    or ``journalctl CONNECTION=urn:uuid:...`` select records."""
+
+    def __init__(self, send: Callable[..., None]) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event = record.getMessage()
+            fields: dict[str, Any] = getattr(record, "fields", {})
+            level = record.levelno
+            priority = _SYSLOG_PRIORITY.get(level, 2 if level > logging.ERROR else 7)
+            entries = [
+                f"MESSAGE={journal_message(event, fields)}",
+                f"EVENT={event}",
+                f"PRIORITY={priority}",
+                "SYSLOG_IDENTIFIER=wildboar",
+            ]
+            entries += [f"{journal_field(k)}={_text(v)}" for k, v in fields.items()]
+            self._send(*entries)
+        except OSError:
+            # journald is gone or refuses: keep the record, as a JSON line on stderr
+            # (which systemd also connects to the journal, through a stream).
+            with contextlib.suppress(OSError):
+                os.write(2, JsonLines().format(record).encode() + b"\n")
+        except Exception:  # logging's contract: never raise into the caller
+            self.handleError(record)
+
+
 def _journal_handler() -> logging.Handler | None:
     try:
-        from systemd.journal import JournalHandler  # noqa: PLC0415 (optional at run time)
+        from systemd.journal import sendv  # noqa: PLC0415 (optional at run time)
     except ImportError:
         return None
-    return JournalHandler(SYSLOG_IDENTIFIER="wildboar")  # type: ignore[no-any-return]
+    return JournalFields(sendv)
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is the stream systemd connected to the journal. systemd puts its
+    device and inode in ``JOURNAL_STREAM``; a redirection (``2>file``) in the unit or a
+    wrapper gives stderr another inode, and JSON lines are right again."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        status = os.fstat(2)
+        return (int(device), int(inode)) == (status.st_dev, status.st_ino)
+    except (ValueError, OSError):
+        return False
 
 
 class _Lines:
@@ -104,9 +209,9 @@ def flush() -> None:
 
 def setup(log_format: str, level: int = logging.INFO) -> None:
     """``journal`` (python-systemd), ``json`` (stderr), or ``auto``: journal when stderr
-    is connected to the journal (systemd sets ``JOURNAL_STREAM``), JSON otherwise."""
+    is connected to the journal (``stderr_is_journal``), JSON otherwise."""
     handler: logging.Handler | None = None
-    if log_format == "journal" or (log_format == "auto" and os.environ.get("JOURNAL_STREAM")):
+    if log_format == "journal" or (log_format == "auto" and stderr_is_journal()):
         handler = _journal_handler()
     global _lines  # noqa: PLW0603 (one log destination per process)
     _lines = None
@@ -120,7 +225,7 @@ def setup(log_format: str, level: int = logging.INFO) -> None:
 
 
 def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
-    """Log ``event`` with ``fields``; journald gets them as upper-case fields."""
+    """Log ``event`` with ``fields``; journald gets them as fields (``JournalFields``)."""
     if _sinks and event in FORWARDED:
         for sink in _sinks:
             sink(event, fields)
@@ -135,9 +240,4 @@ def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
         }
         _lines.write(_encoder.encode(entry) + b"\n")
         return
-    journal = {key.upper(): _text(value) for key, value in fields.items()}
-    LOGGER.log(level, event, extra={"fields": fields, **journal})
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else _encoder.encode(value).decode()
+    LOGGER.log(level, event, extra={"fields": fields})
