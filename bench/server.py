@@ -6,6 +6,9 @@ Postfix's ``smtp-source`` loads, in one run so the figures are comparable:
   ``wildboar serve`` with the default spool handoff (fsync'd files in a spool under /tmp),
   each with ``--workers 1`` and ``--workers 2``;
 - aiosmtpd, a peer: a discarding handler in aiosmtpd's ``Controller`` (``aiosmtpd_peer.py``);
+- the "python floor" (``floor_peer.py``): canned replies on uvloop with 1 and 2 processes,
+  no parsing, no checks, no records, no log: what the event loop and the socket calls
+  alone cost a Python server, so the gap between it and wildboar is wildboar's own work;
 - Postfix's ``smtp-sink``, the reference: a C server that discards.
 
 Scenarios: message payload 1 KB and 100 KB (``smtp-source -l``); 20 and 200 parallel
@@ -57,6 +60,7 @@ from .targets import (
     ROOT,
     SMTP_SINK,
     Aiosmtpd,
+    Floor,
     SmtpSink,
     Target,
     TargetError,
@@ -85,7 +89,7 @@ RERUNS = 2
 #: Cells not started within this many seconds of the start are skipped (~15 min in all).
 BUDGET = 13 * 60.0
 
-TARGET_KEYS = ("smtp-sink", "aiosmtpd", "discard", "spool")
+TARGET_KEYS = ("smtp-sink", "aiosmtpd", "floor", "discard", "spool")
 
 
 class Interrupted(Exception):
@@ -352,6 +356,7 @@ def targets(keys: Sequence[str]) -> Iterator[Target]:
     factories: dict[str, Callable[[], list[Target]]] = {
         "smtp-sink": lambda: [SmtpSink()],
         "aiosmtpd": lambda: [Aiosmtpd()],
+        "floor": lambda: [Floor(1), Floor(2)],
         "discard": lambda: [Wildboar("discard", 1), Wildboar("discard", 2)],
         "spool": lambda: [Wildboar("spool", 1), Wildboar("spool", 2)],
     }
@@ -506,6 +511,19 @@ def verdicts(results: Sequence[Result]) -> list[str]:
             f" {r.vs_sink:.2f}x smtp-sink (target >= {TARGET_VS_SINK}x: {sink}),"
             f" {r.vs_aiosmtpd:.2f}x aiosmtpd (target >= {TARGET_VS_AIOSMTPD:.0f}x: {aio})"
         )
+        floor = next(
+            (f for f in results if f.target == "python floor" and f.workers == r.workers
+             and f.scenario() == goal and f.msg_per_s and f.server_cpu_us_per_msg),
+            None,
+        )  # fmt: skip
+        if floor is not None and r.server_cpu_us_per_msg and floor.vs_sink is not None:
+            assert floor.msg_per_s is not None and floor.server_cpu_us_per_msg is not None
+            own = r.server_cpu_us_per_msg - floor.server_cpu_us_per_msg
+            lines.append(
+                f"  python floor x{r.workers}: {floor.msg_per_s:,.0f} msg/s ="
+                f" {floor.vs_sink:.2f}x smtp-sink at {floor.server_cpu_us_per_msg:.0f} us/msg;"
+                f" wildboar's own work: {own:.0f} us/msg of its {r.server_cpu_us_per_msg:.0f}"
+            )
     return lines
 
 

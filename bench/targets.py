@@ -177,6 +177,24 @@ class Aiosmtpd(Target):
         self._wait_greeting()
 
 
+class Floor(Target):
+    """The floor (``bench/floor_peer.py``): canned replies on uvloop, ``processes`` forked
+    processes on one listening socket, like wildboar's workers."""
+
+    name = "python floor"
+
+    def __init__(self, processes: int) -> None:
+        super().__init__()
+        self.workers = processes
+
+    def start(self) -> None:
+        self.port = free_port()
+        argv = [sys.executable, "-m", "bench.floor_peer", "--port", str(self.port)]
+        argv += ["--processes", str(self.workers)]
+        self._spawn(argv, cwd=ROOT, stderr=subprocess.DEVNULL)
+        self._wait_greeting()
+
+
 class LogFile:
     """wildboar's JSON log, written to a file (so reading it costs no CPU while the server is
     under load): keeps the rare events, counts the per-message ones, remembers the tail."""
