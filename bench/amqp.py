@@ -5,6 +5,9 @@ In one run, for 4 KB and 100 KB messages:
 - **raw**: the publish-with-confirms rate of a plain pika asyncio publisher keeping 256
   messages in flight into a quorum queue (``bench.amqp_raw``): the AMQP leg alone, the
   yardstick;
+- **python floor amqp x1 / x2**: smtp-source through ``bench/floor_peer.py --amqp-url``,
+  canned SMTP replies that publish each message's content with confirms before its
+  ``250``: what the AMQP leg costs a Python SMTP server that does nothing else;
 - **wildboar amqp x1 / x2**: Postfix's ``smtp-source`` (20 and 200 sessions, many messages
   per connection) through ``wildboar serve --handoff amqp`` with 1 and 2 workers into the
   default quorum queue of a private exchange prefix. Every ``250`` waited for the broker's
@@ -46,7 +49,7 @@ from .server import (
     environment,
     measure,
 )
-from .targets import TargetError, Wildboar
+from .targets import Floor, TargetError, Wildboar
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 KB = 1024
@@ -74,6 +77,17 @@ class Result:
     note: str
 
 
+def _check_and_purge(queue: str, expected: int) -> str | None:
+    """The queue must hold what smtp-source counted since the last purge; then empty it."""
+    with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
+        channel = connection.channel()
+        held = channel.queue_declare(queue, passive=True).method.message_count
+        channel.queue_purge(queue)
+    if held != expected:
+        return f"{expected:,} counted by smtp-source, {held:,} in the queue"
+    return None
+
+
 class WildboarAmqp(Wildboar):
     """``wildboar serve --handoff amqp`` publishing under a prefix of its own."""
 
@@ -90,16 +104,9 @@ class WildboarAmqp(Wildboar):
         return env
 
     def check_and_purge(self) -> str | None:
-        """The queue must hold what smtp-source counted since the last purge."""
-        expected = self.delivered - self.counted
-        with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
-            channel = connection.channel()
-            held = channel.queue_declare(self.queue, passive=True).method.message_count
-            channel.queue_purge(self.queue)
+        mismatch = _check_and_purge(self.queue, self.delivered - self.counted)
         self.counted = self.delivered
-        if held != expected:
-            return f"{expected:,} counted by smtp-source, {held:,} in the queue"
-        return None
+        return mismatch
 
     def remove_topology(self) -> None:
         with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
@@ -110,6 +117,41 @@ class WildboarAmqp(Wildboar):
                     channel.queue_delete(exchange)
                     channel.exchange_delete(exchange)
             channel.exchange_delete(self.prefix + "events")
+
+
+class FloorAmqp(Floor):
+    """The Python floor (``bench/floor_peer.py``) publishing each message's content, with
+    confirms, before its ``250``: the least a Python SMTP server does to hand mail durably
+    to RabbitMQ. Into a quorum queue of its own, like wildboar's."""
+
+    name = "python floor amqp"
+
+    def __init__(self, processes: int) -> None:
+        super().__init__(processes)
+        self.queue = f"wbbench-floor-{uuid.uuid4().hex[:10]}"
+        self.counted = 0
+
+    def start(self) -> None:
+        with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
+            channel = connection.channel()
+            channel.exchange_declare(self.queue, "direct", durable=True)
+            channel.queue_declare(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
+            channel.queue_bind(self.queue, self.queue, "after.smtp")
+        super().start()
+
+    def _argv(self) -> list[str]:
+        return [*super()._argv(), "--amqp-url", URL, "--exchange", self.queue]
+
+    def check_and_purge(self) -> str | None:
+        mismatch = _check_and_purge(self.queue, self.delivered - self.counted)
+        self.counted = self.delivered
+        return mismatch
+
+    def remove_topology(self) -> None:
+        with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
+            channel = connection.channel()
+            channel.queue_delete(self.queue)
+            channel.exchange_delete(self.queue)
 
 
 def raw(size: int, seconds: float) -> Result:
@@ -137,11 +179,16 @@ def raw(size: int, seconds: float) -> Result:
     )
 
 
-def through_wildboar(
-    workers: int, size: int, sessions_list: Sequence[int], options: Options, raw_rate: float | None
+def through(
+    target: WildboarAmqp | FloorAmqp,
+    size: int,
+    sessions_list: Sequence[int],
+    options: Options,
+    raw_rate: float | None,
 ) -> list[Result]:
+    """smtp-source through ``target`` into its queue, each of ``sessions_list``."""
     results = []
-    target = WildboarAmqp(workers)
+    workers = target.workers
     try:
         target.start()
         for sessions in sessions_list:
@@ -151,7 +198,7 @@ def through_wildboar(
             rate = cell.msg_per_s if status == "ok" else None
             results.append(
                 Result(
-                    target="wildboar amqp",
+                    target=target.name,
                     workers=workers,
                     size=size,
                     sessions=sessions,
@@ -168,7 +215,7 @@ def through_wildboar(
     except TargetError as error:
         results.append(
             Result(
-                "wildboar amqp",
+                target.name,
                 workers,
                 size,
                 None,
@@ -186,7 +233,7 @@ def through_wildboar(
         try:
             target.remove_topology()
         except pika.exceptions.AMQPError as error:
-            print(f"warning: clean-up of {target.prefix}*: {error!r}", file=sys.stderr)
+            print(f"warning: clean-up of {target.queue}: {error!r}", file=sys.stderr)
     return results
 
 
@@ -233,6 +280,12 @@ def verdicts(results: Sequence[Result]) -> list[str]:
         if r.vs_raw is None:
             lines.append(f"{_label(r)}, {_title(r)}: no figure ({r.status}: {r.note})")
             continue
+        if r.target == FloorAmqp.name:
+            lines.append(
+                f"{_label(r)}, {_title(r)}: {r.msg_per_s:,.0f} msg/s = {r.vs_raw:.2f}x raw"
+                " (the floor: no server of this kind does less)"
+            )
+            continue
         met = "met" if r.vs_raw >= TARGET_VS_RAW else "MISSED"
         lines.append(
             f"{_label(r)}, {_title(r)}: {r.msg_per_s:,.0f} msg/s = {r.vs_raw:.2f}x raw"
@@ -251,7 +304,8 @@ def plot(results: Sequence[Result], info: dict[str, object], path: Path) -> Path
         mine = [r for r in results if r.size == size]
         labels = [f"{_label(r)}\n{_title(r).split(', ')[1]}" for r in mine]
         rates = [r.msg_per_s or 0.0 for r in mine]
-        colours = ["C0" if r.target == "raw pika" else f"C{r.workers}" for r in mine]
+        special = {"raw pika": "C0", FloorAmqp.name: "0.6"}
+        colours = [special.get(r.target, f"C{r.workers}") for r in mine]
         bars = ax.bar(range(len(mine)), rates, color=colours)
         ax.bar_label(bars, [f"{v:,.0f}" for v in rates], fontsize=7)
         ax.set_xticks(range(len(mine)), labels, fontsize=7, rotation=30, ha="right")
@@ -271,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, action="append", choices=SESSIONS)
     parser.add_argument("--workers", type=int, action="append", choices=WORKERS)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-floor", action="store_true", help="without the Python floor")
     args = parser.parse_args(argv)
     options = Options(
         seconds=args.seconds, max_messages=MAX_MESSAGES, timeout=TIMEOUT, budget=BUDGET
@@ -282,10 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress(baseline)
         results.append(baseline)
         for workers in args.workers or WORKERS:
-            results += through_wildboar(
-                workers, size, args.sessions or SESSIONS, options, baseline.msg_per_s
-            )
-            time.sleep(1.0)  # let the broker settle (purges, deletions) between servers
+            for target in (FloorAmqp(workers), WildboarAmqp(workers)):
+                if args.no_floor and isinstance(target, FloorAmqp):
+                    continue
+                results += through(
+                    target, size, args.sessions or SESSIONS, options, baseline.msg_per_s
+                )
+                time.sleep(1.0)  # let the broker settle (purges, deletions) between servers
     print()
     print(table(results))
     for line in verdicts(results):

@@ -189,10 +189,12 @@ class Floor(Target):
 
     def start(self) -> None:
         self.port = free_port()
-        argv = [sys.executable, "-m", "bench.floor_peer", "--port", str(self.port)]
-        argv += ["--processes", str(self.workers)]
-        self._spawn(argv, cwd=ROOT, stderr=subprocess.DEVNULL)
+        self._spawn(self._argv(), cwd=ROOT, stderr=subprocess.DEVNULL)
         self._wait_greeting()
+
+    def _argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "bench.floor_peer", "--port", str(self.port)]
+        return [*argv, "--processes", str(self.workers)]
 
 
 class LogFile:
