@@ -158,7 +158,8 @@ class Arbiter:
 
     def _on_message(self, worker: Worker, message: control.Message, now: float) -> None:
         match message:
-            case control.Ready(pid=pid):
+            case control.Ready(pid=pid, drain=drain):
+                worker.drain_timeout = drain
                 self._on_ready(worker, pid, now)
             case control.Heartbeat(sessions=sessions, messages=messages):
                 worker.sessions, worker.messages = sessions, messages
@@ -199,12 +200,19 @@ class Arbiter:
 
     def _retire(self, worker: Worker, now: float) -> None:
         """Drain ``worker`` (already detached from its slot), SIGKILL it if it overstays."""
-        drain = self._options.drain_timeout
+        drain = self._drain_timeout(worker)
         worker.phase = Phase.DRAINING
         worker.kill_at = now + drain + DRAIN_GRACE
         told = worker.channel_open and control.send_drain(worker.channel, drain)
         self._retiring.append(worker)
         log("worker_draining", **worker.fields(), deadline=drain, told=told)
+
+    def _drain_timeout(self, worker: Worker) -> float:
+        """The worker's own drain deadline (of the configuration it was started with, so a
+        HUP applies a changed one), else ``--drain-timeout``."""
+        if worker.drain_timeout is not None:
+            return worker.drain_timeout
+        return self._options.drain_timeout
 
     def _detach(self, worker: Worker) -> tuple[Slot | None, bool]:
         """Take ``worker`` out of its slot or the retiring list: (its slot, was successor)."""
@@ -418,10 +426,12 @@ class Arbiter:
         self._stop = Stop(status, reason, now)
         self._reloading = False
         self._notifier.stopping()
-        log("stopping", reason=reason, deadline=self._options.drain_timeout)
-        for slot in self._slots.values():
-            for worker in slot.workers():
-                self._retire(worker, now)
+        workers = [w for slot in self._slots.values() for w in slot.workers()]
+        drains = [self._drain_timeout(w) for w in workers]
+        deadline = max(drains) if drains else self._options.drain_timeout
+        log("stopping", reason=reason, deadline=deadline)
+        for worker in workers:
+            self._retire(worker, now)
         self._slots.clear()
 
     def _check_stopped(self, now: float) -> None:
@@ -429,8 +439,10 @@ class Arbiter:
         if stop is None:
             return
         remaining = self._all_workers()
-        limit = stop.started + self._options.drain_timeout + DRAIN_GRACE + STOP_GRACE
-        if remaining and now < limit:
+        # Each draining worker has its own kill_at (its drain deadline + DRAIN_GRACE).
+        kill_at = [w.kill_at for w in remaining if w.kill_at is not None]
+        limit = max(kill_at) if kill_at else stop.started + self._options.drain_timeout
+        if remaining and now < limit + STOP_GRACE:
             return
         if remaining:
             log("stop_timeout", "error", pids=[w.pid for w in remaining])

@@ -2,7 +2,8 @@
 
 Owns: the ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair, the encoding of the supervisor's messages
 (``sockets`` with the listening sockets as ``SCM_RIGHTS``, ``drain``) and the parsing of the
-worker's (``ready``, ``heartbeat``, ``stopping``) into frozen values. One message is one JSON
+worker's (``ready`` with its pid and drain deadline, ``heartbeat``, ``stopping``) into
+frozen values. One message is one JSON
 object of at most 64 KiB.
 Must not know: what the supervisor does with a message.
 SECURITY: the worker is unprivileged and not trusted. A message that is too long, not JSON,
@@ -24,9 +25,16 @@ MAX_MESSAGE: Final = 64 * 1024
 MAX_BATCH: Final = 64
 
 
+#: The longest drain a worker may ask for, as ``--drain-timeout`` allows.
+MAX_DRAIN: Final = 86400.0
+
+
 @dataclass(frozen=True)
 class Ready:
     pid: int
+    #: The drain deadline of the configuration the worker started with (seconds), if it
+    #: says: after a HUP it may differ from the supervisor's ``--drain-timeout``.
+    drain: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,18 @@ def _parse_object(message: dict[str, object]) -> Message:
         return Heartbeat(sessions, messages)
     if kind == "ready":
         pid = _count(message.get("pid"))
-        return Ready(pid) if pid is not None else Malformed("ready without pid")
+        if pid is None:
+            return Malformed("ready without pid")
+        drain = message.get("drain")
+        if drain is None:
+            return Ready(pid)
+        if (
+            not isinstance(drain, int | float)
+            or isinstance(drain, bool)
+            or not 0 <= drain <= MAX_DRAIN  # also refuses NaN
+        ):
+            return Malformed("ready with a drain that is not 0 to 86400 seconds")
+        return Ready(pid, float(drain))
     if kind == "stopping":
         return Stopping()
     return Malformed(f"unknown message type {str(kind)[:40]!r}")

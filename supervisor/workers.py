@@ -44,6 +44,7 @@ class Worker:
     sessions: int = 0
     messages: int = 0
     kill_at: float | None = None  # when draining: SIGKILL after this moment
+    drain_timeout: float | None = None  # its own, from its "ready"; else --drain-timeout
     killed: bool = False
     stopped_accepting: bool = False  # it said "stopping": its listeners are closed
     channel_open: bool = field(default=True)

@@ -176,6 +176,35 @@ def test_an_amqp_url_with_a_bad_port_is_refused() -> None:
         C.load(environ={"WILDBOAR_AMQP_URLS": "amqp://u:pw@h:56720x/"})
 
 
+@pytest.mark.parametrize("password", ["Zm9v/YmFy", "1234/5678", "s3cr#t", "ab?cd"])
+def test_a_password_with_a_character_that_ends_the_host_is_refused_and_masked(
+    password: str,
+) -> None:
+    """Unencoded, "/" "?" "#" end the authority: the URL would name another host, and the
+    password would reach the log as part of a path. Refused, never shown."""
+    result = cli("check-config", "--amqp-url", f"amqp://mail:{password}@127.0.0.1:5672/%2F")
+    assert result.returncode == 1
+    assert password not in result.stderr and password not in result.stdout
+    assert "amqp://mail:***@127.0.0.1:5672/%2F" in result.stderr
+    assert "must be percent-encoded" in result.stderr
+    encoded = password.replace("/", "%2F").replace("#", "%23").replace("?", "%3F")
+    config = C.load(flags={"amqp": {"urls": [f"amqp://mail:{encoded}@127.0.0.1/"]}})
+    assert config.amqp.urls == [f"amqp://mail:{encoded}@127.0.0.1/"]
+
+
+def test_a_user_without_a_password_is_refused() -> None:
+    with pytest.raises(C.ConfigError, match="names a user without a password"):
+        C.load(environ={"WILDBOAR_AMQP_URLS": "amqp://guest@127.0.0.1/"})
+
+
+def test_timeouts_are_at_most_a_day_as_the_supervisor_allows() -> None:
+    with pytest.raises(C.ConfigError, match=r"timeouts\.drain"):
+        C.load(environ={"WILDBOAR_TIMEOUTS_DRAIN": "90000"})
+    with pytest.raises(C.ConfigError, match=r"timeouts\.command"):
+        C.load(environ={"WILDBOAR_TIMEOUTS_COMMAND": "inf"})
+    assert C.load(environ={"WILDBOAR_TIMEOUTS_DRAIN": "86400"}).timeouts.drain == 86400
+
+
 def test_a_message_size_whose_records_the_broker_would_refuse_is_a_config_error() -> None:
     environ = {"WILDBOAR_HANDOFF": "amqp", "WILDBOAR_LIMITS_MESSAGE_SIZE": "15000000"}
     with pytest.raises(C.ConfigError, match=r"amqp\.max_message_size"):

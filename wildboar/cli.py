@@ -182,7 +182,11 @@ def supervisor_command(config: C.Config, args: argparse.Namespace) -> list[str]:
         command += ["--listen", str(listener)]
     command += ["--workers", str(config.workers), "--user", config.user]
     command += ["--group", config.group, "--drain-timeout", str(config.timeouts.drain)]
-    worker = [sys.executable, "-m", "wildboar.worker", "--hostname", config.hostname]
+    # Workers load the configuration themselves (again at every HUP): only flags are
+    # passed on, so that a value from the file or the environment can change on reload.
+    worker = [sys.executable, "-m", "wildboar.worker"]
+    if args.hostname:
+        worker += ["--hostname", args.hostname]
     if args.config:
         worker += ["--config", args.config]
     if args.spool:

@@ -30,7 +30,8 @@ DEFAULT_CONFIG_FILE = "/etc/wildboar/wildboar.toml"
 ENV_PREFIX = "WILDBOAR_"
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# At most a day, as the supervisor's --drain-timeout: a longer wait is a typo.
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
 _LISTEN = re.compile(
     r"(?:(?P<name>[a-z][a-z0-9-]*)=)?(?P<host>\[[0-9A-Fa-f:.]+\]|[0-9.]+):(?P<port>[0-9]{1,5})"
 )
@@ -126,13 +127,7 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         for url in self.urls:
-            parsed = urllib.parse.urlsplit(url)
-            if parsed.scheme not in ("amqp", "amqps") or not parsed.hostname:
-                raise ValueError(f"{_without_password(url)!r} is not an amqp:// or amqps:// URL")
-            try:
-                parsed.port  # noqa: B018 (raises for a port that is not a number in range)
-            except ValueError:
-                raise ValueError(f"{_without_password(url)!r} has a bad port") from None
+            _check_url(url)
         if not self.urls:
             raise ValueError("urls: at least one broker URL is needed")
 
@@ -147,12 +142,36 @@ def _largest_record(message_size: int, encoding: str) -> int:
     return data + 1024 * 1024
 
 
-def _without_password(url: str) -> str:
+def _check_url(url: str) -> None:
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in rest and "@" not in authority:
+        # "amqp://user:pa/ss@host/": the password's "/" ends the authority, so the URL
+        # would name host "user", port "pa" (and the log would show the rest).
+        raise ValueError(
+            f"{_without_password(url)!r}: a '/', '?', '#' or '@' in the user or password must"
+            " be percent-encoded (%2F, %3F, %23, %40)"
+        )
     parsed = urllib.parse.urlsplit(url)
-    if parsed.password is None:
+    if scheme not in ("amqp", "amqps") or not parsed.hostname:
+        raise ValueError(f"{_without_password(url)!r} is not an amqp:// or amqps:// URL")
+    try:
+        parsed.port  # noqa: B018 (raises for a port that is not a number in range)
+    except ValueError:
+        raise ValueError(f"{_without_password(url)!r} has a bad port") from None
+    if parsed.username is not None and parsed.password is None:
+        raise ValueError(f"{url!r} names a user without a password (amqp://USER:PASSWORD@HOST/)")
+
+
+def _without_password(url: str) -> str:
+    """``url`` with everything between the user's ``:`` and the last ``@`` masked: also
+    right for a URL whose password holds a character that ends the authority."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" not in rest:
         return url
-    netloc = parsed.netloc.replace(":" + parsed.password + "@", ":***@", 1)
-    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+    userinfo, _, after = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{after}"
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

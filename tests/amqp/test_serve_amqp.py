@@ -9,6 +9,7 @@ import signal
 import smtplib
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import jsonschema
@@ -197,3 +198,24 @@ def test_a_hung_broker_costs_the_sender_no_more_than_the_handoff_timeout(
                 private_node.signal_beam(signal.SIGCONT)
         assert 2.0 <= waited < 5.0
         assert server.wait_for("handoff_timeout")
+
+
+def test_an_unreadable_ca_file_in_the_url_stops_the_start_with_one_line(spool_dir: Path) -> None:
+    """pika opens ssl_options' files while parsing the URL, in the worker: a missing CA
+    file is the worker's boot error (exit 3), named in one line, and the server stops at
+    once instead of restarting workers that cannot work."""
+    missing = spool_dir.parent / "no-such-ca.pem"
+    options = urllib.parse.quote(json.dumps({"ca_certs": str(missing)}).replace('"', "'"))
+    url = f"amqps://guest:guest@127.0.0.1:5671/%2F?ssl_options={options}"
+    server = Server(spool_dir, "--amqp-url", url, workers=1)
+    try:
+        status = server.proc.wait(timeout=60)
+    finally:
+        server.kill()
+    stderr = "".join(server.stderr)
+    assert status == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    [line] = [x for x in server.stderr if x.startswith("wildboar-worker:")]
+    assert "handoff amqp: bad broker URL '127.0.0.1:5671'" in line
+    assert "ssl_options" in line and "No such file" in line
+    assert len(server.events("worker_exited", "supervisor")) == 1  # no restarts

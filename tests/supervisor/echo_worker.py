@@ -45,6 +45,8 @@ GARBAGE = (
     b'{"type": "heartbeat", "sessions": -1, "messages": 0}',
     b'{"type": "heartbeat", "sessions": true, "messages": 0}',
     b'{"type": "ready"}',
+    b'{"type": "ready", "pid": 1, "drain": 86401}',
+    b'{"type": "ready", "pid": 1, "drain": true}',
     b'{"type": "heartbeat", "sessions": 0, "messages": 0, "padding": "' + b"x" * 70000 + b'"}',
 )
 EOF_DRAIN_DEADLINE = 10.0

@@ -140,7 +140,7 @@ def test_messages_that_break_the_contract_are_logged_not_believed(
     sup = start(supervisors, "--workers", "1", ECHO_WORKER_GARBAGE="1", ECHO_WORKER_HEARTBEAT="0.2")
     port = sup.port()
     (pid,) = sup.wait_serving(1)
-    sup.wait_event("bad_message", count=7)
+    sup.wait_event("bad_message", count=9)
     reasons = [e["reason"] for e in sup.find("bad_message", pid=pid)]
     assert reasons == [
         "not JSON",
@@ -149,6 +149,8 @@ def test_messages_that_break_the_contract_are_logged_not_believed(
         "heartbeat without counts",
         "heartbeat without counts",
         "ready without pid",
+        "ready with a drain that is not 0 to 86400 seconds",
+        "ready with a drain that is not 0 to 86400 seconds",
         "message over 65536 bytes",
     ]
     assert banner_pid(banner(port)) == pid

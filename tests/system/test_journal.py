@@ -124,3 +124,20 @@ def test_stderr_redirected_away_from_the_journal_gets_json(tmp_path: Path) -> No
         )
     [line] = out.read_text().splitlines()
     assert json.loads(line)["event"] == "x_event"
+
+
+def test_journal_asked_for_without_journald_falls_back_to_json_and_says_so() -> None:
+    """libsystemd drops entries without a word when journald's socket is missing: a
+    worker told to log to the journal there writes JSON lines instead, first a warning."""
+    assert unprivileged.AS_ROOT, "this test runs as root, as CI does (mount namespace)"
+    code = "from wildboar.worker import logs; logs.setup('journal'); logs.log('x_event', a=1)"
+    script = 'mount -t tmpfs -o mode=0755 tmpfs /run && exec "$@"'
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+         sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    first, second = (json.loads(line) for line in result.stderr.splitlines())
+    assert first["event"] == "journal_unavailable" and first["level"] == "warning"
+    assert "/run/systemd/journal/socket does not exist" in first["why"]
+    assert second["event"] == "x_event" and second["a"] == 1

@@ -259,6 +259,31 @@ def ehlo_size(port: int) -> int:
         return int(client.esmtp_features["size"])
 
 
+def greeting(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        return sock.recv(512).decode()
+
+
+def test_hup_applies_hostname_and_drain_from_the_file(spool_dir: Path) -> None:
+    """Values the file sets (not flags) are the reloaded ones: the greeting's hostname, and
+    the drain deadline the supervisor gives the new workers when they stop."""
+    config = spool_dir.parent / "wildboar.toml"
+    config.write_text('hostname = "before.example.org"\n[timeouts]\ndrain = 30\n')
+    argv = [sys.executable, "-m", "wildboar.cli", "serve", "--workers", "1", "--listen",
+            "127.0.0.1:0", "--spool", str(spool_dir), "--config", str(config)]  # fmt: skip
+    with serving(spool_dir, command=argv, workers=1) as server:
+        assert greeting(server.port).startswith("220 before.example.org ")
+        config.write_text('hostname = "after.example.org"\n[timeouts]\ndrain = 2\n')
+        server.signal(signal.SIGHUP)
+        server.wait_for("reloaded", component="supervisor", timeout=60)
+        assert greeting(server.port).startswith("220 after.example.org ")
+        assert server.stop() == 0
+    # The old worker drained with its own 30 s at the reload, the new one with 2 s at stop.
+    deadlines = [r["deadline"] for r in server.events("worker_draining", "supervisor")]
+    assert deadlines == [30.0, 2.0]
+    assert [r["deadline"] for r in server.events("stopping", "supervisor")] == [2.0]
+
+
 def test_hup_applies_the_reloaded_configuration(spool_dir: Path) -> None:
     config = spool_dir.parent / "wildboar.toml"
     config.write_text("[limits]\nmessage_size = 1000000\n")

@@ -170,7 +170,12 @@ class AmqpHandoff(Handoff):
         for url in self.settings.urls:
             try:
                 parameters = pika.URLParameters(url)
-            except (ValueError, TypeError, AttributeError) as error:
+            except OSError as error:  # ssl_options naming a file this user cannot read
+                raise HandoffStartError(
+                    f"bad broker URL {describe_url(url)!r}: its ssl_options: {error}"
+                    " (a certificate, key or CA file missing or unreadable by this user?)"
+                ) from None
+            except Exception as error:  # anything pika's URL parsing raises: one line
                 raise HandoffStartError(f"bad broker URL {describe_url(url)!r}: {error}") from None
             parameters.heartbeat = self.settings.heartbeat
             parameters.connection_attempts = 1

@@ -131,12 +131,20 @@ class JournalFields(logging.Handler):
             self.handleError(record)
 
 
-def _journal_handler() -> logging.Handler | None:
+#: Where journald takes native-protocol entries. libsystemd sends to it without a word when
+#: it does not exist, so its absence must be noticed here.
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+def _journal_handler() -> tuple[logging.Handler | None, str]:
+    """The journald handler, or None and why not."""
     try:
         from systemd.journal import sendv  # noqa: PLC0415 (optional at run time)
     except ImportError:
-        return None
-    return JournalFields(sendv)
+        return None, "python-systemd is not installed"
+    if not os.path.exists(JOURNAL_SOCKET):
+        return None, f"{JOURNAL_SOCKET} does not exist (journald is not running)"
+    return JournalFields(sendv), ""
 
 
 def stderr_is_journal() -> bool:
@@ -211,8 +219,9 @@ def setup(log_format: str, level: int = logging.INFO) -> None:
     """``journal`` (python-systemd), ``json`` (stderr), or ``auto``: journal when stderr
     is connected to the journal (``stderr_is_journal``), JSON otherwise."""
     handler: logging.Handler | None = None
+    why_not = ""
     if log_format == "journal" or (log_format == "auto" and stderr_is_journal()):
-        handler = _journal_handler()
+        handler, why_not = _journal_handler()
     global _lines  # noqa: PLW0603 (one log destination per process)
     _lines = None
     if handler is None:
@@ -222,6 +231,8 @@ def setup(log_format: str, level: int = logging.INFO) -> None:
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(level)
     LOGGER.propagate = False
+    if why_not:  # asked for the journal and cannot have it: say so, in the JSON lines
+        log("journal_unavailable", logging.WARNING, why=why_not)
 
 
 def log(event: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -91,7 +91,9 @@ class Worker:
             pid=os.getpid(),
             listeners=[n for n, _ in self.listeners],
         )
-        self._send({"type": "ready", "pid": os.getpid()})
+        # The drain deadline of this worker's configuration: after a HUP the supervisor
+        # drains it with the reloaded value, not the one it was started with.
+        self._send({"type": "ready", "pid": os.getpid(), "drain": self.drain_deadline})
         await self.draining.wait()
         await self._drain()
         sweeper.cancel()
