@@ -121,10 +121,24 @@ def _count(environ: MutableMapping[str, str]) -> int:
     return int(value)
 
 
+def _check_names(environ: MutableMapping[str, str]) -> int:
+    """The descriptor count, once it and ``LISTEN_FDNAMES`` (when set) agree, as
+    sd_listen_fds_with_names(3) requires (it fails with EINVAL otherwise)."""
+    count = _count(environ)
+    if "LISTEN_FDNAMES" in environ:
+        names = environ["LISTEN_FDNAMES"].split(":")
+        if len(names) != count:
+            raise StartupError(
+                f"LISTEN_FDNAMES names {len(names)} sockets ({environ['LISTEN_FDNAMES']!r})"
+                f" but LISTEN_FDS passes {count}: give every socket one name"
+            )
+    return count
+
+
 def _names_from_environment(environ: MutableMapping[str, str]) -> dict[int, str]:
     """sd_listen_fds_with_names(3), for when python-systemd is not installed."""
-    count = _count(environ)
-    names = environ.get("LISTEN_FDNAMES", "").split(":") if "LISTEN_FDNAMES" in environ else []
+    count = _check_names(environ)
+    names = environ["LISTEN_FDNAMES"].split(":") if "LISTEN_FDNAMES" in environ else []
     names += [UNNAMED] * (count - len(names))
     return {SD_LISTEN_FDS_START + i: names[i] for i in range(count)}
 
@@ -132,8 +146,12 @@ def _names_from_environment(environ: MutableMapping[str, str]) -> dict[int, str]
 def _names_from_systemd(environ: MutableMapping[str, str]) -> dict[int, str]:
     if _sd_daemon is None:
         return _names_from_environment(environ)
-    _count(environ)  # python-systemd reads the C environment; refuse a garbled count first
-    names = _sd_daemon.listen_fds_with_names(unset_environment=True)
+    # python-systemd reads the C environment; refuse what it would fail on first.
+    _check_names(environ)
+    try:
+        names = _sd_daemon.listen_fds_with_names(unset_environment=True)
+    except OSError as error:
+        raise StartupError(f"socket activation: {error.strerror or error}") from None
     return {int(fd): str(name) for fd, name in names.items()}
 
 

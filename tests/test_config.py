@@ -192,6 +192,13 @@ def test_a_password_with_a_character_that_ends_the_host_is_refused_and_masked(
     assert config.amqp.urls == [f"amqp://mail:{encoded}@127.0.0.1/"]
 
 
+def test_list_values_from_the_environment_may_have_spaces_after_commas() -> None:
+    environ = {"WILDBOAR_HANDOFF": "spool, amqp", "WILDBOAR_LISTEN": "127.0.0.1:25, [::1]:25"}
+    config = C.load(environ=environ)
+    assert config.handoff == ["spool", "amqp"]
+    assert [str(listener) for listener in config.listen] == ["smtp=127.0.0.1:25", "smtp=[::1]:25"]
+
+
 def test_a_user_without_a_password_is_refused() -> None:
     with pytest.raises(C.ConfigError, match="names a user without a password"):
         C.load(environ={"WILDBOAR_AMQP_URLS": "amqp://guest@127.0.0.1/"})

@@ -178,8 +178,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def supervisor_command(config: C.Config, args: argparse.Namespace) -> list[str]:
     """The supervisor's command line, with the worker command after ``--``."""
     command = [sys.executable, "-m", "supervisor"]
-    for listener in config.listen:
-        command += ["--listen", str(listener)]
+    # Under socket activation (the supervisor keeps this process's pid: exec) the default
+    # listener is not passed: the supervisor would warn that it ignores it.
+    activated = os.environ.get("LISTEN_PID") == str(os.getpid()) and "LISTEN_FDS" in os.environ
+    if not (activated and tuple(config.listen) == C.DEFAULT_LISTEN):
+        for listener in config.listen:
+            command += ["--listen", str(listener)]
     command += ["--workers", str(config.workers), "--user", config.user]
     command += ["--group", config.group, "--drain-timeout", str(config.timeouts.drain)]
     # Workers load the configuration themselves (again at every HUP): only flags are

@@ -56,6 +56,10 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return f"{self.name}={host}:{self.port}"
 
 
+#: Where ``wildboar serve`` listens when nothing says otherwise (and systemd passes none).
+DEFAULT_LISTEN = (Listener(host="127.0.0.1", port=2525),)
+
+
 def parse_listener(text: str) -> Listener:
     """``[NAME=]HOST:PORT``, IPv6 hosts in brackets: ``submission=[::]:587``."""
     match = _LISTEN.fullmatch(text.strip())
@@ -178,9 +182,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: This configuration's identity, new at every load.
     id: str = msgspec.field(default_factory=new_urn)
     hostname: str = msgspec.field(default_factory=socket.getfqdn)
-    listen: list[Listener] = msgspec.field(
-        default_factory=lambda: [Listener(host="127.0.0.1", port=2525)]
-    )
+    listen: list[Listener] = msgspec.field(default_factory=lambda: list(DEFAULT_LISTEN))
     workers: Positive = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
     user: str = "wildboar"
     group: str = "wildboar"
@@ -256,7 +258,7 @@ def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         if section is not None:
             raw.setdefault(section, {})[name.removeprefix(section + "_")] = value
         elif name in ("listen", "handoff"):
-            raw[name] = [item for item in value.split(",") if item.strip()]
+            raw[name] = [item.strip() for item in value.split(",") if item.strip()]
         else:
             raw[name] = value
     return raw

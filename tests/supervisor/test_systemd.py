@@ -3,6 +3,7 @@ WATCHDOG), with systemd's own ``systemd-socket-activate`` and a real notificatio
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -55,6 +56,25 @@ def test_socket_activation_takes_the_named_sockets(supervisors: Callable[..., Su
         assert not [v for v in environ if v.startswith((b"LISTEN_", b"NOTIFY_", b"WATCHDOG_"))]
     sup.signal(signal.SIGTERM)
     assert sup.wait_exit(10) == 0
+
+
+def test_socket_names_that_do_not_match_the_sockets_are_one_line(
+    supervisors: Callable[..., Supervisor],
+) -> None:
+    ports = [free_port() for _ in range(3)]
+    listen = [arg for port in ports for arg in ("-l", f"127.0.0.1:{port}")]
+    argv0 = [SOCKET_ACTIVATE, *listen, "--fdname=smtp:submission", sys.executable, "-m",
+             "supervisor"]  # fmt: skip
+    sup = supervisors("--workers", "1", *RUN_AS, argv0=argv0)
+    sup.wait_until(lambda: sup.output().count("Listening on") == 3, 10, "the sockets bound")
+    with contextlib.suppress(OSError):  # starts the service; it refuses to run
+        socket.create_connection(("127.0.0.1", ports[0]), timeout=5).close()
+    assert sup.wait_exit(10) == 1
+    output = sup.output()
+    assert "Traceback" not in output, output
+    assert "LISTEN_FDNAMES names 2 sockets ('smtp:submission') but LISTEN_FDS passes 3" in output, (
+        output
+    )
 
 
 class NotifySocket:

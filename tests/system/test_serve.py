@@ -235,9 +235,36 @@ def test_socket_activation(spool_dir: Path) -> None:
             time.sleep(0.2)
         [listening] = server.wait_for("listening", component="supervisor")
         assert listening.get("source") == "systemd"
+        # No listener was configured: nothing is ignored, and nothing is said to be.
+        assert not server.events("listen_ignored", component="supervisor")
     finally:
         server.stop()
     assert subjects(spool) == ["activated"]
+
+
+def test_ipv4_client_on_a_dual_stack_socket_is_recorded_as_ipv4(spool_dir: Path) -> None:
+    """systemd's sockets are dual-stack by default (BindIPv6Only=default): an IPv4 client
+    arrives as ::ffff:a.b.c.d on both ends; the record says IPv4, both ends alike."""
+    port = free_port()
+    passed = [f"-E{name}={value}" for name, value in unprivileged.env().items()]
+    command = [
+        "systemd-socket-activate", "-l", f"[::]:{port}", "--fdname=smtp", *passed,
+        sys.executable, "-m", "wildboar.cli", "serve", "--workers", "1",
+        "--spool", str(spool_dir), "--hostname", "mx.test.example",
+    ]  # fmt: skip
+    server = Server(spool_dir, command=command)
+    try:
+        deadline = time.monotonic() + 30
+        while not send_one(port, "dual stack", timeout=30):
+            assert time.monotonic() < deadline, "".join(server.stderr)
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    [record] = spooled(spool_dir)
+    assert record.connection.remote.family == "ipv4"
+    assert record.connection.remote.address == "127.0.0.1"
+    assert record.connection.local.address == "127.0.0.1"
+    assert record.connection.local.port == port
 
 
 def test_root_start_binds_port_below_1024_and_workers_hold_no_privilege(spool_dir: Path) -> None:

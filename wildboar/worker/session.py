@@ -81,8 +81,10 @@ class Session(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         family = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}.get(sock.family, "unix")
         if family == "ipv6" and peer[0].startswith("::ffff:"):
+            # An IPv4 client on a dual-stack IPv6 socket: both ends are IPv4 addresses.
             family = "ipv4"
             peer = (peer[0].removeprefix("::ffff:"), peer[1])
+            local = (local[0].removeprefix("::ffff:"), local[1])
         self.client_ip = peer[0]
         self.record = M.Connection(
             id=self.id,
