@@ -24,7 +24,7 @@ import msgspec
 
 from . import config
 from . import message as M
-from .handoff.spool import Entry, Spool, SpoolError, describe
+from .handoff.spool import CORRUPT_DIR, SUFFIX, CorruptMessage, Entry, Spool, SpoolError, describe
 
 DRAIN_HELP = "print every message as a JSON line and remove it from the spool"
 DRAIN_DESCRIPTION = (
@@ -127,12 +127,25 @@ def _say_set_aside(spool: Spool) -> None:
         print(f"wildboar spool: {count} set aside in {where}/, not delivered", file=sys.stderr)
 
 
+def _corrupt_path(spool: Spool, message_id: str) -> str:
+    return os.path.join(spool.layout.msg, message_id.removeprefix("urn:uuid:") + SUFFIX)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    """Every readable message; an unreadable record is named on stderr (status 1), not a
+    reason to list nothing."""
+
     def ls(spool: Spool) -> int:
-        for entry in spool.list():
+        entries, corrupt = spool.readable()
+        for entry in entries:
             sys.stdout.write(format_entry(entry) + "\n")
+        for message_id in corrupt:
+            _fail(
+                f"{_corrupt_path(spool, message_id)}: not a valid message record"
+                " (wildboar spool drain sets it aside in corrupt/)"
+            )
         _say_set_aside(spool)
-        return 0
+        return 1 if corrupt else 0
 
     return _run(args, ls)
 
@@ -162,12 +175,22 @@ def cmd_drain(args: argparse.Namespace) -> int:
         out = sys.stdout.buffer
         durable_out = stat.S_ISREG(os.fstat(out.fileno()).st_mode)
         with spool.lock():
-            for entry in spool.list():
-                line = M.encode(spool.load(entry.id)) + b"\n"
+            entries, corrupt = spool.readable()
+            for entry in entries:
+                try:
+                    line = M.encode(spool.load(entry.id)) + b"\n"
+                except CorruptMessage:  # changed since it was listed
+                    corrupt.append(entry.id)
+                    continue
                 if not _emit(out, line, durable_out):
                     return 1
                 spool.remove(entry.id)
-        return 0
+            # Unreadable records would stop every later drain: moved aside, named, kept.
+            for message_id in corrupt:
+                moved = spool.quarantine(message_id, CORRUPT_DIR)
+                _fail(f"{_corrupt_path(spool, message_id)}: not a valid message record;"
+                      f" set aside as {moved}")  # fmt: skip
+        return 1 if corrupt else 0
 
     return _run(args, drain)
 

@@ -591,11 +591,39 @@ def test_cli_show_unknown_and_bad_ids(three: tuple[Path, list[M.Message]]) -> No
     assert_one_error_line(cli("show", "nonsense", "--spool", str(path)), "not a message id")
 
 
-def test_cli_corrupt_file_is_one_line(three: tuple[Path, list[M.Message]]) -> None:
-    path, _ = three
+def test_cli_ls_lists_around_a_corrupt_file_and_names_it(
+    three: tuple[Path, list[M.Message]],
+) -> None:
+    path, ordered = three
     uuid = M.new_urn().removeprefix("urn:uuid:")
     (path / "msg" / f"{uuid}.msgpack").write_bytes(b"garbage")
-    assert_one_error_line(cli("ls", "--spool", str(path)), uuid, "not a valid message record")
+    result = cli("ls", "--spool", str(path))
+    assert result.returncode == 1  # something needs the operator
+    assert [line.split()[0] for line in result.stdout.splitlines()] == [m.email.id for m in ordered]
+    [line] = result.stderr.splitlines()
+    assert line.startswith("wildboar spool: ") and uuid in line
+    assert "not a valid message record" in line and "corrupt/" in line
+    assert (path / "msg" / f"{uuid}.msgpack").exists()  # ls changes nothing
+
+
+def test_cli_drain_sets_a_corrupt_file_aside_and_drains_the_rest(
+    three: tuple[Path, list[M.Message]],
+) -> None:
+    path, ordered = three
+    uuid = M.new_urn().removeprefix("urn:uuid:")
+    (path / "msg" / f"{uuid}.msgpack").write_bytes(b"garbage")
+    result = cli("drain", "--spool", str(path))
+    assert result.returncode == 1
+    drained = [msgspec.json.decode(line, type=M.Message) for line in result.stdout.splitlines()]
+    assert [m.email.id for m in drained] == [m.email.id for m in ordered]
+    [line] = result.stderr.splitlines()
+    assert uuid in line and f"set aside as {path / 'corrupt' / uuid}.msgpack" in line
+    assert (path / "corrupt" / f"{uuid}.msgpack").read_bytes() == b"garbage"
+    # The next drain has nothing in its way; count says what waits aside.
+    again = cli("drain", "--spool", str(path))
+    assert (again.returncode, again.stdout) == (0, "")
+    count = cli("count", "--spool", str(path))
+    assert count.stdout == "0\n" and "1 set aside in" in count.stderr
 
 
 def test_readable_lists_around_a_corrupt_record_and_quarantine_moves_it(tmp_path: Path) -> None:
