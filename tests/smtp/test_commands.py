@@ -187,6 +187,21 @@ def test_rset_ends_the_transaction(bytewise: bool) -> None:
     assert client.round(b"RSET  \r\n") == ["250 2.0.0"]  # trailing white space tolerated
 
 
+@pytest.mark.parametrize("blank", [b" ", b"\t", b" \t ", b"\t\t"])
+def test_trailing_white_space_after_any_command_is_tolerated(blank: bytes) -> None:
+    """RFC 5321 §4.1.1: servers SHOULD tolerate trailing white space, a TAB too."""
+    client = session()
+    assert client.round(b"NOOP" + blank + b"\r\n") == ["250 2.0.0"]
+    assert client.round(b"RSET" + blank + b"\r\n") == ["250 2.0.0"]
+    client.send(b"MAIL FROM:<a@example.net>" + blank + b"\r\n")
+    assert client.round(b"RCPT TO:<b@example.org>" + blank + b"\r\n") == ["250 2.1.5"]
+    assert client.round(b"BDAT 3 LAST" + blank + b"\r\nabc") == ["250 2.0.0"]
+    client.send(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n")
+    assert client.round(b"DATA" + blank + b"\r\n") == ["354"]
+    assert client.round(b"x\r\n.\r\n") == ["250 2.0.0"]
+    assert client.round(b"QUIT" + blank + b"\r\n") == ["221 2.0.0"]
+
+
 def test_ehlo_in_a_transaction_resets_it() -> None:
     client = session()
     client.send(b"MAIL FROM:<a@example.net>\r\n")

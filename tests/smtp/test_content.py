@@ -376,3 +376,38 @@ def test_received_header_names_no_recipient_when_there_are_several() -> None:
     )
     assert b" for " not in header and b"\tfor" not in header
     assert header.endswith(b"id 9; Thu, 01 Jan 2026 00:00:00 +0000\r\n")
+
+
+def test_received_header_leaves_out_a_postmaster_without_domain() -> None:
+    """§4.4's FOR takes a Path or Mailbox, both with a domain; <Postmaster> has none."""
+    client = session()
+    client.send(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<Postmaster>\r\n")
+    client.send(b"DATA\r\n")
+    client.round(stuff(HEADERS))
+    header = smtp.received_header(
+        client.accepted[0].envelope,
+        by="mx.example.org",
+        client_address="192.0.2.1",
+        when=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        id="9",
+    )
+    assert b"for" not in header and b"Postmaster" not in header
+    assert header.endswith(b"id 9; Thu, 01 Jan 2026 00:00:00 +0000\r\n")
+
+
+def test_binarymime_content_still_counts_received_fields() -> None:
+    """Only the body is binary (RFC 3030 §3): the header section is counted for the hop
+    limit (RFC 5321 §6.3), while bare LF, NUL and long lines stay allowed."""
+    mail = b"MAIL FROM:<a@example.net> BODY=BINARYMIME"
+    loop = b"Received: from x by y\r\n" * 6 + b"Subject: loop\r\n\r\nbody\r\n"
+    client = bdat_session(mail, limits=smtp.Limits(hops=5))
+    assert client.round(b"BDAT %d LAST\r\n" % len(loop) + loop) == ["554 5.4.0"]
+    assert client.accepted == []
+    binary = b"Received: from x by y\r\n" * 5 + b"Subject: b\r\n\r\n\x00\n\r" + b"y" * 2000
+    client = bdat_session(mail, limits=smtp.Limits(hops=5))
+    assert client.round(b"BDAT %d LAST\r\n" % len(binary) + binary) == ["250 2.0.0"]
+    assert client.accepted[0].content == binary
+    # "Received:" lines in the body of a binary message are not hops.
+    body = b"Subject: b\r\n\r\n" + b"Received: in the body\r\n" * 10
+    client = bdat_session(mail, limits=smtp.Limits(hops=5))
+    assert client.round(b"BDAT %d LAST\r\n" % len(body) + body) == ["250 2.0.0"]

@@ -413,6 +413,13 @@ ORCPT_BAD = [
     "ORCPT=utf-8;a\\x{D800}@example.org",
     "ORCPT=utf-8;a\\x{DFFF}@example.org",
     "ORCPT=utf-8;a\\x{41}@example.org",
+    # RFC 3461 §4.2: the address is printable US-ASCII before xtext encoding: no CR LF
+    # (it would reach a DSN's Original-Recipient field), no octet above 7F, no control
+    "ORCPT=rfc822;a+0D+0Ab@example.org",
+    "ORCPT=rfc822;+C3+BC@example.org",
+    "ORCPT=rfc822;a+00b@example.org",
+    "ORCPT=rfc822;a+7Fb@example.org",
+    "ORCPT=utf-8;a\\x{85}b@example.org",
 ]
 
 
@@ -626,3 +633,29 @@ def test_binarymime_in_the_envelope(bytewise: bool) -> None:
     envelope = client.accepted[-1].envelope
     assert envelope.mail == smtp.MailParams(size=5, body="BINARYMIME")
     assert client.accepted[-1].content == b"\x00\xff\r\n."
+
+
+@pytest.mark.parametrize(
+    ("mail", "rcpt"),
+    [
+        # U+017F (long s) and U+0131 (dotless i) upper-case to ASCII S and I in Python: the
+        # values are ASCII literals, so these are not RET=HDRS, BODY=BINARYMIME, SUCCESS.
+        ("RET=HDR\u017f", None),
+        ("BODY=B\u0131NARYM\u0131ME", None),
+        (None, "NOTIFY=\u017fUCCE\u017f\u017f"),
+        (None, "ORCPT=rfc822\u0131;a@example.org"),
+    ],
+)
+def test_parameter_values_are_ascii_literals_even_with_smtputf8(
+    bytewise: bool, mail: str | None, rcpt: str | None
+) -> None:
+    client = session(bytewise)
+    extra = f" {mail}" if mail else ""
+    reply = client.round(f"MAIL FROM:<a@example.net> SMTPUTF8{extra}\r\n".encode())
+    if mail is not None:
+        assert reply[0].startswith("5"), reply
+        return
+    assert reply == ["250 2.1.0"]
+    assert rcpt is not None
+    reply = client.round(f"RCPT TO:<b@example.org> {rcpt}\r\n".encode())
+    assert reply[0].startswith("5"), reply

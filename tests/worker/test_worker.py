@@ -3,7 +3,9 @@ drain, and its control channel."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import smtplib
 import socket
 import subprocess
@@ -303,3 +305,27 @@ def test_accept_loop_survives_running_out_of_descriptors(spool_dir: Path) -> Non
         assert worker.wait_log("accept_backoff")
     finally:
         worker.close()
+
+
+def test_a_client_that_speaks_before_the_greeting_gets_554(spool_dir: Path) -> None:
+    """Input already waiting when the connection is taken (the worker is stopped while the
+    client connects and sends EHLO) is a sender that does not wait for the 220: it gets
+    the greeting, then 554 5.5.0, and the session closes (docs/protocol.md)."""
+    with running_worker(spool_dir) as worker:
+        worker.wait_log("worker_ready")
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        try:
+            early = socket.create_connection(("127.0.0.1", worker.port), timeout=20)
+            early.sendall(b"EHLO early.example\r\n")
+        finally:
+            os.kill(worker.proc.pid, signal.SIGCONT)
+        with early:
+            reply = b""
+            while chunk := early.recv(4096):
+                reply += chunk
+        lines = reply.decode().splitlines()
+        assert lines[0].startswith("220 ")
+        assert lines[1:] == ["554 5.5.0 Error: SMTP protocol synchronization"]
+        # A client that waits for the greeting is served as always.
+        with smtplib.SMTP("127.0.0.1", worker.port, timeout=20) as client:
+            assert client.ehlo("patient.example")[0] == 250

@@ -163,10 +163,14 @@ class ContentChecker:
 
     Text content (DATA, and BDAT unless BODY=BINARYMIME) must have CRLF line ends only,
     no NUL, lines within ``text_line`` octets with their CRLF, and at most ``hops``
-    Received header fields. The first problem found is kept in ``error``.
+    Received header fields; binary content only the last. The first problem found is kept
+    in ``error``.
     """
 
-    def __init__(self, *, text_line: int, hops: int) -> None:
+    def __init__(self, *, text_line: int, hops: int, binary: bool = False) -> None:
+        # BODY=BINARYMIME (RFC 3030 §3): only the body is binary; the header section is
+        # still counted for Received fields (RFC 5321 §6.3 loop detection).
+        self._binary = binary
         self._max_line = text_line - 2
         self._hops = hops
         self._pending_cr = False
@@ -188,11 +192,13 @@ class ContentChecker:
 
     def finish(self) -> ContentError | None:
         """End of content: a dangling CR is a bare CR."""
-        if self.error is None and self._pending_cr:
+        if self.error is None and self._pending_cr and not self._binary:
             self.error = ContentError.BARE_NEWLINE
         return self.error
 
     def _check(self, piece: bytes) -> ContentError | None:
+        if self._binary:
+            return self._check_binary(piece)
         lines = piece.split(CRLF)
         # A CR or LF left once the CRLF pairs are gone is a bare one. (Joining and two
         # memchr() scans cost a third of counting CRs and LFs with bytes.count.)
@@ -207,6 +213,16 @@ class ContentChecker:
             self._count_received(lines)
             if self._received > self._hops:
                 return ContentError.TOO_MANY_HOPS
+        self._advance(lines)
+        return None
+
+    def _check_binary(self, piece: bytes) -> ContentError | None:
+        if not self._in_headers:
+            return None  # the body: anything goes
+        lines = piece.split(CRLF)
+        self._count_received(lines)
+        if self._received > self._hops:
+            return ContentError.TOO_MANY_HOPS
         self._advance(lines)
         return None
 

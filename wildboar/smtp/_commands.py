@@ -41,9 +41,10 @@ _HEADER_LIKE = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
 
 # RFC 3030 §2: chunk-size = 1*DIGIT; 18 digits is far beyond any message size limit and
 # keeps the number a machine integer.
-_BDAT = re.compile(r"([0-9]{1,18})(?: (LAST))? *", re.IGNORECASE)
+_BDAT = re.compile(r"([0-9]{1,18})(?: (LAST))?", re.IGNORECASE)
 _SIZE = re.compile(r"[0-9]{1,20}")  # RFC 1870 §3: size-value ::= 1*20DIGIT
 _NOTIFY = ("SUCCESS", "FAILURE", "DELAY")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 MAX_ENVID = 100  # RFC 3461 §4.4
 MAX_ORCPT = 500  # RFC 3461 §4.2
 MAX_NOTIFY = 28  # RFC 3461 §5.4
@@ -60,8 +61,16 @@ def decode(line: bytes, *, utf8_ok: bool) -> tuple[str, str] | Reply:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             return R.NOT_ASCII
-    verb, _, args = text.partition(" ")
+    # RFC 5321 §4.1.1: trailing white space (a TAB too) SHOULD be tolerated: "RSET\t" is
+    # RSET, "BDAT 3 LAST " is BDAT.
+    verb, _, args = text.rstrip(" \t").partition(" ")
     return verb.upper(), args
+
+
+def _upper(value: str) -> str:
+    """ASCII upper case: parameter values such as ``FULL`` or ``BINARYMIME`` are ASCII
+    literals (RFC 5234 §2.3), and ``str.upper`` would turn U+017F (long s) into "S"."""
+    return value.upper() if value.isascii() else value
 
 
 def classify(verb: str) -> Verb | Reply:
@@ -202,7 +211,7 @@ def _body(value: str | None, present: bool, ext: Extensions) -> Body | Reply | N
         return None
     if value is None:
         return R.BAD_PARAMETER
-    body = value.upper()
+    body = _upper(value)
     offered = {"7BIT": True, "8BITMIME": ext.eightbitmime, "BINARYMIME": ext.binarymime}
     if not offered.get(body, False):
         return R.UNKNOWN_PARAMETER  # RFC 6152 §3 / PF "555 5.5.4 Unsupported option"
@@ -212,9 +221,9 @@ def _body(value: str | None, present: bool, ext: Extensions) -> Body | Reply | N
 def _ret(value: str | None, present: bool) -> Ret | Reply | None:
     if not present:
         return None
-    if value is None or value.upper() not in ("FULL", "HDRS"):
+    if value is None or _upper(value) not in ("FULL", "HDRS"):
         return R.BAD_PARAMETER
-    return cast(Ret, value.upper())
+    return cast(Ret, _upper(value))
 
 
 def _envid(value: str | None, present: bool) -> str | Reply | None:
@@ -272,7 +281,7 @@ def _notify(value: str | None, present: bool) -> tuple[Notify, ...] | Reply | No
         return None
     if value is None or len(value) > MAX_NOTIFY:
         return R.BAD_PARAMETER
-    items = value.upper().split(",")
+    items = _upper(value).split(",")
     if items == ["NEVER"]:
         return ("NEVER",)
     if len(set(items)) != len(items) or not all(item in _NOTIFY for item in items):
@@ -287,18 +296,23 @@ def _orcpt(value: str | None, present: bool) -> Orcpt | Reply | None:
     if value is None or len(value.encode("utf-8")) > MAX_ORCPT:
         return R.BAD_PARAMETER
     addr_type, semicolon, encoded = value.partition(";")
-    if not semicolon or not ATOM.fullmatch(addr_type) or not encoded:
+    if not semicolon or not addr_type.isascii() or not ATOM.fullmatch(addr_type) or not encoded:
         return R.BAD_PARAMETER
     try:
         if addr_type.lower() == "utf-8":
             address = decode_utf8_xtext(encoded)
+            # RFC 6533 §3: UTF-8 characters, but no controls (C0, DEL, C1).
+            printable = not _CONTROL.search(address)
         elif not encoded.isascii():
             return R.BAD_PARAMETER
         else:
             address = decode_xtext(encoded)
+            # RFC 3461 §4.2: printable (graphic and white space) US-ASCII, before xtext.
+            printable = all(" " <= ch <= "~" for ch in address)
     except GrammarError:
         return R.BAD_PARAMETER
-    return Orcpt(addr_type.lower(), address)
+    # A CR LF here would reach the Original-Recipient field of a DSN built from the record.
+    return Orcpt(addr_type.lower(), address) if printable else R.BAD_PARAMETER
 
 
 def parse_bdat(args: str) -> tuple[int, bool] | None:

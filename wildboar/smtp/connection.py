@@ -254,11 +254,10 @@ class ServerConnection:
         if isinstance(answer, Reply):
             self._error(answer)
             return
-        binary = question.params.body == "BINARYMIME"
-        checker = (
-            None
-            if binary
-            else ContentChecker(text_line=self.limits.text_line, hops=self.limits.hops)
+        checker = ContentChecker(
+            text_line=self.limits.text_line,
+            hops=self.limits.hops,
+            binary=question.params.body == "BINARYMIME",
         )
         self._txn = _Transaction(question.sender, question.params, checker)
         self._machine.fire(Trigger.MAIL)

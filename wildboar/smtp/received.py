@@ -46,7 +46,8 @@ def received_header(
     """``Received: from HELO (NAME [IP]) by HOST with PROTO id ID [for <RCPT>]; DATE``.
 
     The FOR clause names the recipient only when there is exactly one (§4.4: it "MUST
-    contain exactly one <path> entry"), so other recipients are not disclosed.
+    contain exactly one <path> entry"), so other recipients are not disclosed, and only
+    when it has a domain (not for ``<Postmaster>``).
     """
     if when.tzinfo is None:
         raise ValueError("the Received date needs a time zone (RFC 5321 §4.4)")
@@ -58,7 +59,9 @@ def received_header(
         f"Received: from {helo} ({tcp_info})",
         f"\tby {by} with {envelope.protocol} id {id}",
     ]
-    if len(envelope.recipients) == 1:
+    # "for" takes a Path or Mailbox (§4.4), which needs a domain: not the bare
+    # <Postmaster> that §4.1.1.3 makes every server accept.
+    if len(envelope.recipients) == 1 and "@" in envelope.recipients[0].address:
         lines.append(f"\tfor <{envelope.recipients[0].address}>")
     lines[-1] += f"; {_date(when.replace(microsecond=0))}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")

@@ -137,7 +137,7 @@ class Worker:
         ip = _ip_of(conn)
         limits = self.config.sessions
         full = len(self.sessions) >= limits.per_worker or self.per_ip[ip] >= limits.per_client_ip
-        session = Session(self, name, TOO_MANY_SESSIONS if full else None)
+        session = Session(self, name, TOO_MANY_SESSIONS if full else None, _spoke_first(conn))
         self.sessions.add(session)
         self.per_ip[ip] += 1
         session.client_ip = ip
@@ -261,6 +261,15 @@ class Worker:
             for session in list(self.sessions):
                 session.shutdown(SHUTDOWN)
         await asyncio.sleep(0)  # let transports flush their last replies
+
+
+def _spoke_first(conn: socket.socket) -> bool:
+    """Whether the client sent something before our greeting (it is waiting in the socket
+    already): a sender that does not wait for the 220, which the session refuses."""
+    try:
+        return bool(conn.recv(1, socket.MSG_PEEK))
+    except OSError:  # nothing yet (EAGAIN), or the client is gone: the session will tell
+        return False
 
 
 def _ip_of(conn: socket.socket) -> str:

@@ -48,10 +48,19 @@ def _endpoint(address: object) -> tuple[str, int | None]:
 
 
 class Session(asyncio.Protocol):
-    def __init__(self, worker: Worker, listener: str, refuse: smtp.Reply | None) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        listener: str,
+        refuse: smtp.Reply | None,
+        spoke_first: bool = False,
+    ) -> None:
         self.worker = worker
         self.listener = listener
         self.refuse = refuse
+        #: Input was waiting before the greeting: greet only once it has been read, so the
+        #: core sees it and answers 554 5.5.0 (synchronization), as docs/protocol.md says.
+        self.spoke_first = spoke_first
         config = worker.config
         self.conn = smtp.ServerConnection(
             config.hostname, limits=config.limits, extensions=config.extensions
@@ -101,7 +110,8 @@ class Session(asyncio.Protocol):
             remote=peer[0],
             remote_port=peer[1],
         )
-        self._process()
+        if not self.spoke_first:
+            self._process()  # the greeting; else after the first data_received
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
