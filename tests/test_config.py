@@ -235,3 +235,19 @@ def test_check_config_names_every_error_without_a_traceback(tmp_path: Path) -> N
     assert any("workers:" in line for line in lines)
     assert any("timeouts.drain:" in line for line in lines)
     assert "Traceback" not in result.stderr
+
+
+def test_a_section_with_a_bad_key_still_gets_its_own_checks(tmp_path: Path) -> None:
+    """Every error in one go: the RFC floor of a limit and a broker URL are checked even
+    when another key of the same section is wrong."""
+    path = write(
+        tmp_path,
+        '[limits]\nrecipients = 10\nmessage_size = "x"\n[amqp]\nurls = ["http://x/"]\nprefix = 3\n',
+    )
+    result = cli("check-config", "--config", path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert any("limits.message_size:" in line for line in lines), lines
+    assert any("recipients = 10 is below the minimum 100" in line for line in lines), lines
+    assert any("amqp.prefix:" in line for line in lines), lines
+    assert any("'http://x/' is not an amqp://" in line for line in lines), lines

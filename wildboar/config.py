@@ -153,8 +153,8 @@ def _check_url(url: str) -> None:
         # "amqp://user:pa/ss@host/": the password's "/" ends the authority, so the URL
         # would name host "user", port "pa" (and the log would show the rest).
         raise ValueError(
-            f"{_without_password(url)!r}: a '/', '?', '#' or '@' in the user or password must"
-            " be percent-encoded (%2F, %3F, %23, %40)"
+            f"{_without_password(url)!r}: a '/', '?' or '#' in the user or password must be"
+            " percent-encoded (%2F, %3F, %23)"
         )
     parsed = urllib.parse.urlsplit(url)
     if scheme not in ("amqp", "amqps") or not parsed.hostname:
@@ -320,18 +320,22 @@ def _section(name: str, value: Any, errors: list[str]) -> Any:
     for key, item in value.items():
         if key not in fields:
             errors.append(f"{name}.{key}: unknown key")
-        else:
-            raw = item
-            if isinstance(item, str) and _is_list(fields[key].type):
-                raw = _env_list(item)
-            converted[key] = _convert(f"{name}.{key}", raw, fields[key].type, errors)
-    if len(errors) > before:
-        return None
+            continue
+        raw = item
+        if isinstance(item, str) and _is_list(fields[key].type):
+            raw = _env_list(item)
+        failed = len(errors)
+        result = _convert(f"{name}.{key}", raw, fields[key].type, errors)
+        if len(errors) == failed:
+            converted[key] = result
+    # The section's own checks (the RFC floors of limits, broker URLs) run on the keys that
+    # converted, even when others did not: every error is reported in one go.
     try:
-        return msgspec.convert(converted, kind, strict=False)
+        section = msgspec.convert(converted, kind, strict=False)
     except msgspec.ValidationError as error:
         errors.append(f"{name}: {error}")
         return None
+    return section if len(errors) == before else None
 
 
 def _env_list(text: str) -> Any:

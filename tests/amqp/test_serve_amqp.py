@@ -149,8 +149,12 @@ def test_a_message_refused_after_its_content_goes_to_the_rejected_exchange(
                 raise AssertionError("an oversized message was accepted")
             except smtplib.SMTPDataError as error:
                 assert error.smtp_code == 552
+        # The log's refusal names the record published to the rejected exchange.
+        [refused] = server.wait_for("message_refused")
     [item] = broker.get(broker.name(REJECTED), 1)
     record = M.decode(item.body)
+    assert refused["message"] == record.email.id == item.properties.message_id
+    assert refused["server"] == record.server.id
     assert record.rejection is not None and record.rejection.code == 552
     assert record.email.to == ["b@example.org"]
     assert base64.b64encode(record.email.data)  # what arrived before the limit

@@ -132,7 +132,17 @@ def test_smuggling_over_tcp_is_refused_and_nothing_spooled(spool_dir: Path) -> N
             assert file.readline().startswith(b"550 5.5.2 ")
             sock.sendall(b"NOOP\r\n")
             assert file.readline().startswith(b"250 2.0.0")
+            sock.sendall(b"QUIT\r\n")
+            assert file.readline().startswith(b"221 ")
         assert spool_files(spool_dir) == []
+        # The refusal is logged with what an operator searches by (docs/operations.md).
+        [refused] = worker.wait_log("message_refused")
+        assert refused["sender"] == "a@example.net" and refused["recipients"] == 1
+        assert refused["message"].startswith("urn:uuid:") and refused["size"] > 0
+        assert refused["server"].startswith("urn:uuid:")
+        assert refused["reply"].startswith("550 5.5.2 ")
+        [closed] = worker.wait_log("connection_close")
+        assert closed["remote"] == "127.0.0.1"
 
 
 def rss_kib(pid: int) -> int:

@@ -422,7 +422,7 @@ class Entry(msgspec.Struct, frozen=True):
     mtime: float
     #: When the server accepted it (the record's ``email.creationTime``).
     created: datetime.datetime
-    #: Bytes on disk.
+    #: The message's size in octets (the record's ``email.size``), not the file's.
     size: int
     sender: str
     to: tuple[str, ...]
@@ -432,6 +432,7 @@ class _EnvelopeEmail(msgspec.Struct):
     creation_time: datetime.datetime = msgspec.field(name="creationTime")
     sender: str = msgspec.field(name="from")
     to: list[str] = msgspec.field(default_factory=list)
+    size: int = 0
 
 
 class _Envelope(msgspec.Struct):
@@ -555,7 +556,7 @@ class Spool:
             raise self._corrupt(uuid, error) from None
         urn = _URN_PREFIX + uuid
         return Entry(
-            urn, stat.st_mtime, email.creation_time, stat.st_size, email.sender, tuple(email.to)
+            urn, stat.st_mtime, email.creation_time, email.size, email.sender, tuple(email.to)
         )
 
     def _read(self, uuid: str) -> tuple[bytes, os.stat_result]:

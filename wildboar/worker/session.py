@@ -18,7 +18,7 @@ import asyncio
 import datetime
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import message as M
 from .. import smtp
@@ -126,7 +126,13 @@ class Session(asyncio.Protocol):
         self.closed = True
         if self.delivering is None:
             self.worker.session_closed(self)
-        log("connection_close", connection=self.id, server=self.worker.id, messages=self.messages)
+        log(
+            "connection_close",
+            connection=self.id,
+            server=self.worker.id,
+            remote=self.client_ip,
+            messages=self.messages,
+        )
 
     def pause_writing(self) -> None:
         self._pause("writing")
@@ -197,18 +203,28 @@ class Session(asyncio.Protocol):
 
     def _aborted(self, event: smtp.TransactionAborted) -> None:
         if event.reply is not None and self.transaction is not None:
-            log(
-                "message_refused",
-                connection=self.id,
-                transaction=self.transaction[0],
-                reply=event.reply.to_bytes().decode().strip(),
-            )
-            if event.envelope is not None and self.worker.records_rejections:
-                reply = event.reply
+            reply = event.reply
+            envelope = event.envelope
+            fields: dict[str, Any] = {
+                "connection": self.id,
+                "server": self.worker.id,
+                "transaction": self.transaction[0],
+            }
+            message_id = None
+            if envelope is not None:  # refused for its content: a message existed
+                message_id = M.new_urn()  # also the id of its record on "rejected"
+                fields.update(
+                    message=message_id,
+                    sender=envelope.sender,
+                    recipients=len(envelope.recipients),
+                    size=envelope.size,
+                )
+            log("message_refused", **fields, reply=reply.to_bytes().decode().strip())
+            if envelope is not None and self.worker.records_rejections:
                 rejection = M.Rejection(
                     code=reply.code, enhanced=reply.status or "", text=" ".join(reply.lines)
                 )
-                self.worker.rejected(self._message(event.envelope, rejection))
+                self.worker.rejected(self._message(envelope, rejection, message_id))
         self.content.clear()
         self.transaction = None
 
@@ -254,6 +270,7 @@ class Session(asyncio.Protocol):
         log(
             "message_accepted" if delivery.ok else "message_deferred",
             connection=self.id,
+            server=self.worker.id,
             transaction=record.transaction.id,
             message=record.email.id,
             sender=record.email.sender,
@@ -269,9 +286,14 @@ class Session(asyncio.Protocol):
         self._touch()
         self._process()
 
-    def _message(self, envelope: smtp.Envelope, rejection: M.Rejection | None = None) -> M.Message:
+    def _message(
+        self,
+        envelope: smtp.Envelope,
+        rejection: M.Rejection | None = None,
+        message_id: str | None = None,
+    ) -> M.Message:
         assert self.record is not None and self.transaction is not None
-        message_id = M.new_urn()
+        message_id = message_id or M.new_urn()
         now = _now()
         received = smtp.received_header(
             envelope,
