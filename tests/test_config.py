@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,11 @@ def test_a_section_with_a_bad_key_still_gets_its_own_checks(tmp_path: Path) -> N
     assert any("recipients = 10 is below the minimum 100" in line for line in lines), lines
     assert any("amqp.prefix:" in line for line in lines), lines
     assert any("'http://x/' is not an amqp://" in line for line in lines), lines
+
+
+def test_the_default_hostname_is_never_localhost() -> None:
+    """getfqdn() answers "localhost" where /etc/hosts maps the host name to 127.0.0.1 (as
+    on this test machine); a greeting must name the host."""
+    name = C.load().hostname
+    assert name.split(".")[0].lower() != "localhost" or socket.gethostname() == "localhost"
+    assert name in (socket.getfqdn(), socket.gethostname())

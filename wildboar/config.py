@@ -56,6 +56,16 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return f"{self.name}={host}:{self.port}"
 
 
+def default_hostname() -> str:
+    """The machine's fully qualified name; its plain host name when the resolver only
+    knows it as ``localhost`` (an /etc/hosts that maps the name to 127.0.0.1 makes
+    ``getfqdn`` answer that), which no server should greet with."""
+    fqdn = socket.getfqdn()
+    if fqdn.lower().split(".")[0] != "localhost":
+        return fqdn
+    return socket.gethostname() or fqdn
+
+
 #: Where ``wildboar serve`` listens when nothing says otherwise (and systemd passes none).
 DEFAULT_LISTEN = (Listener(host="127.0.0.1", port=2525),)
 
@@ -181,7 +191,7 @@ def _without_password(url: str) -> str:
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: This configuration's identity, new at every load.
     id: str = msgspec.field(default_factory=new_urn)
-    hostname: str = msgspec.field(default_factory=socket.getfqdn)
+    hostname: str = msgspec.field(default_factory=default_hostname)
     listen: list[Listener] = msgspec.field(default_factory=lambda: list(DEFAULT_LISTEN))
     workers: Positive = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
     user: str = "wildboar"
