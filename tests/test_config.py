@@ -214,11 +214,17 @@ def test_timeouts_are_at_most_a_day_as_the_supervisor_allows() -> None:
 
 
 def test_a_message_size_whose_records_the_broker_would_refuse_is_a_config_error() -> None:
-    environ = {"WILDBOAR_HANDOFF": "amqp", "WILDBOAR_LIMITS_MESSAGE_SIZE": "15000000"}
+    environ = {"WILDBOAR_HANDOFF": "amqp", "WILDBOAR_LIMITS_MESSAGE_SIZE": "14000000"}
     with pytest.raises(C.ConfigError, match=r"amqp\.max_message_size"):
         C.load(environ=environ)
     environ["WILDBOAR_AMQP_FORMAT"] = "msgpack"  # no base64: it fits
-    assert C.load(environ=environ).limits.message_size == 15_000_000
+    assert C.load(environ=environ).limits.message_size == 14_000_000
+    # The envelope counts too: 1,000 recipients with long addresses and ORCPTs need ~2 MB.
+    environ["WILDBOAR_AMQP_MAX_MESSAGE_SIZE"] = str(14_000_000 + 1_100_000)
+    with pytest.raises(C.ConfigError, match=r"limits\.recipients 1000"):
+        C.load(environ=environ)
+    environ["WILDBOAR_LIMITS_RECIPIENTS"] = "100"
+    assert C.load(environ=environ).limits.recipients == 100
 
 
 def test_an_amqp_setting_error_names_its_key() -> None:
@@ -260,3 +266,18 @@ def test_the_default_hostname_is_never_localhost() -> None:
     name = C.load().hostname
     assert name.split(".")[0].lower() != "localhost" or socket.gethostname() == "localhost"
     assert name in (socket.getfqdn(), socket.gethostname())
+
+
+def test_the_amqp_buffer_may_not_be_the_spool() -> None:
+    """Its drain would publish the spool handoff's messages and remove them from it."""
+    environ = {"WILDBOAR_SPOOL": "/var/spool/wb", "WILDBOAR_AMQP_BUFFER": "/var/spool/wb/"}
+    with pytest.raises(C.ConfigError, match=r"is spool\.path"):
+        C.load(environ=environ)
+    environ["WILDBOAR_AMQP_BUFFER"] = "/var/spool/wb/amqp"
+    assert C.load(environ=environ).amqp_buffer == "/var/spool/wb/amqp"
+
+
+def test_a_prefix_that_would_make_names_too_long_for_amqp_is_refused() -> None:
+    with pytest.raises(C.ConfigError, match="prefix: at most 232 octets"):
+        C.load(environ={"WILDBOAR_AMQP_PREFIX": "p" * 233})
+    assert C.load(environ={"WILDBOAR_AMQP_PREFIX": "p" * 232}).amqp.prefix == "p" * 232

@@ -103,6 +103,17 @@ class Spool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch: Positive = 64
 
 
+#: AMQP 0-9-1 short strings (exchange and queue names) hold at most 255 octets.
+MAX_AMQP_NAME = 255
+#: The exchanges the AMQP handoff declares, before ``amqp.prefix``.
+EXCHANGE_NAMES = (
+    "accepted.inbound.email",
+    "rejected.inbound.email",
+    "accepted.outbound.email",
+    "rejected.outbound.email",
+)
+
+
 class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The AMQP handoff (RabbitMQ): where to publish and what to do when the broker is away."""
 
@@ -142,6 +153,12 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         for url in self.urls:
             _check_url(url)
+        longest = max(len(name) for name in (*EXCHANGE_NAMES, "events"))
+        if len((self.prefix).encode()) + longest > MAX_AMQP_NAME:
+            raise ValueError(
+                f"prefix: at most {MAX_AMQP_NAME - longest} octets (exchange and queue names"
+                f" are at most {MAX_AMQP_NAME})"
+            )
         if not self.urls:
             raise ValueError("urls: at least one broker URL is needed")
 
@@ -149,11 +166,18 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.prefix + name
 
 
-def _largest_record(message_size: int, encoding: str) -> int:
-    """A bound on the encoded record of a message of ``message_size`` octets: base64 in
-    JSON, plus 1 MiB for the envelope (up to 1,000 recipients), Received and ids."""
+#: Per recipient, what a record can hold besides the content: the address twice (``to``
+#: and ``recipients``, up to 256 octets each, escaped), an ORCPT of up to 500, NOTIFY, keys.
+RECORD_PER_RECIPIENT = 2048
+#: The rest of a record's envelope: ids, times, HELO name, sender, ENVID, Received field.
+RECORD_ENVELOPE = 64 * 1024
+
+
+def _largest_record(message_size: int, recipients: int, encoding: str) -> int:
+    """A bound on the encoded record of a message of ``message_size`` octets with
+    ``recipients`` recipients: the content (base64 in JSON) and the envelope."""
     data = 4 * -(-message_size // 3) if encoding == "json" else message_size
-    return data + 1024 * 1024
+    return data + RECORD_ENVELOPE + recipients * RECORD_PER_RECIPIENT
 
 
 def _check_url(url: str) -> None:
@@ -209,13 +233,21 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     def __post_init__(self) -> None:
         if "amqp" in self.handoff:
-            largest = _largest_record(self.limits.message_size, self.amqp.format)
+            limits = self.limits
+            largest = _largest_record(limits.message_size, limits.recipients, self.amqp.format)
             if largest > self.amqp.max_message_size:
                 raise ValueError(
-                    f"limits.message_size {self.limits.message_size} makes {self.amqp.format}"
-                    f" records of up to ~{largest} octets, over amqp.max_message_size"
+                    f"limits.message_size {limits.message_size} with limits.recipients"
+                    f" {limits.recipients} makes {self.amqp.format} records of up to"
+                    f" ~{largest} octets, over amqp.max_message_size"
                     f" {self.amqp.max_message_size}: lower the one or raise the other"
                 )
+        if os.path.abspath(self.amqp_buffer) == os.path.abspath(self.spool.path):
+            # The buffer's drain would publish (and remove) the spool handoff's messages.
+            raise ValueError(
+                f"amqp.buffer {self.amqp_buffer!r} is spool.path: give the AMQP buffer a"
+                " directory of its own (the default is <spool.path>/amqp)"
+            )
 
     @property
     def amqp_buffer(self) -> str:

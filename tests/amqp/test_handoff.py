@@ -23,6 +23,7 @@ from tests.records import NOW, make_message, run
 from wildboar import message as M
 from wildboar.config import Amqp, ConfigError, load
 from wildboar.handoff import LOCAL_PROBLEM, HandoffStartError, Spool
+from wildboar.handoff import amqp as amqp_module
 from wildboar.handoff.amqp import ACCEPTED, REJECTED, AmqpHandoff
 
 __all__ = ["broker", "private_node"]  # fixtures
@@ -467,24 +468,60 @@ def test_a_corrupt_buffered_record_is_set_aside_and_the_rest_published(
     assert (tmp_path / "buffer" / "corrupt" / junk.name).read_bytes() == b"not a record"
 
 
-def test_after_the_events_channel_is_closed_the_handoff_reconnects_once(
-    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("what", ["events", "rejected"])
+def test_a_refused_event_or_rejected_record_never_touches_mail(
+    broker: Broker,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    what: str,
 ) -> None:
-    async def main() -> bool:
+    """The broker refusing a publish on the side channel (here: its exchange was deleted,
+    404; a user without write permission on it gets 403 the same way) closes that channel
+    only: mail goes on on the confirm channel, nothing reconnects, and after a back-off the
+    side channel is opened and its exchanges declared again."""
+    monkeypatch.setattr(amqp_module, "SIDE_RETRY_MIN", 0.3)
+    events = broker.declare_queue("events-tap")
+    refused = msgspec.structs.replace(
+        make_message(), rejection=M.Rejection(code=550, enhanced="5.5.2", text="bare LF")
+    )
+
+    async def main() -> list[bool]:
         amqp = await started(handoff(broker, tmp_path))
-        broker.channel.exchange_delete(broker.name("events"))
-        amqp.event("connection_open", {"connection": "x"})  # 404: the broker closes it
-        for _ in range(100):
+        broker.bind(events, broker.name("events"), "#")
+        exchange = broker.name("events") if what == "events" else broker.name(REJECTED)
+        broker.channel.exchange_delete(exchange)
+        if what == "events":
+            amqp.event("connection_open", {"connection": "first"})  # 404: channel closed
+        else:
+            amqp.rejected(refused)
+        outcomes = [(await amqp.deliver(make_message())).ok for _ in range(5)]
+        for _ in range(100):  # the side channel comes back, with its exchanges declared
             await asyncio.sleep(0.05)
-            if not amqp.usable:
+            if any(r.getMessage() == "amqp_side_channel_reopened" for r in caplog.records):
                 break
-        await usable(amqp)
-        ok = (await amqp.deliver(make_message())).ok
+        await asyncio.sleep(0.3)
+        if what == "events":
+            broker.bind(events, broker.name("events"), "#")  # the exchange is new
+            amqp.event("connection_open", {"connection": "second"})
+        else:
+            broker.bind(broker.name(REJECTED), broker.name(REJECTED), "after.smtp")
+            amqp.rejected(refused)
+        outcomes.append((await amqp.deliver(make_message())).ok)
+        await asyncio.sleep(0.5)
         await amqp.close()
-        return ok
+        return outcomes
 
     with caplog.at_level(logging.INFO, logger="wildboar.handoff"):
-        assert run(main())
-    # One reconnect, and no failed attempt (an old channel closing late must not count).
-    assert not [r for r in caplog.records if r.getMessage() == "amqp_broker_unusable"]
-    assert len([r for r in caplog.records if r.getMessage() == "amqp_connected"]) == 2
+        assert run(main()) == [True] * 6
+    names = [r.getMessage() for r in caplog.records]
+    assert names.count("amqp_connected") == 1 and "amqp_connection_lost" not in names
+    assert names.count("amqp_side_channel_closed") == 1
+    assert "amqp_side_channel_reopened" in names
+    assert broker.depth(broker.name(ACCEPTED)) == 6
+    if what == "events":
+        [event] = broker.get(events, 1)
+        assert json.loads(event.body)["connection"] == "second"
+    else:
+        [record] = broker.get(broker.name(REJECTED), 1)
+        assert M.decode(record.body).email.id == refused.email.id

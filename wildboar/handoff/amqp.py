@@ -43,7 +43,7 @@ import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from .. import smtp
-from ..config import Amqp
+from ..config import EXCHANGE_NAMES, Amqp
 from ..message import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Message, encode
 from .base import (
     DELIVERED,
@@ -69,9 +69,8 @@ from .spool import (
 # once, in one line, what failed and what it does about it.
 logging.getLogger("pika").setLevel(logging.CRITICAL)
 
-ACCEPTED = "accepted.inbound.email"
-REJECTED = "rejected.inbound.email"
-EXCHANGES = (ACCEPTED, REJECTED, "accepted.outbound.email", "rejected.outbound.email")
+EXCHANGES = EXCHANGE_NAMES
+ACCEPTED, REJECTED = EXCHANGE_NAMES[0], EXCHANGE_NAMES[1]
 EVENTS = "events"
 #: RFC 3463 X.3.2 "System not accepting network messages", at connect (RFC 5321 §3.8: 421).
 BROKER_DOWN_AT_CONNECT = smtp.Reply(
@@ -90,6 +89,12 @@ START_WAIT = 5.0
 DRAIN_WINDOW = 64
 #: Between two looks at an idle or locked buffer.
 DRAIN_IDLE = 2.0
+#: After a drain pass the broker refused (nack, return): the wait doubles up to this.
+DRAIN_BACKOFF_MAX = 60.0
+#: After the broker closed the side channel (events, rejected records): first wait before
+#: opening it again, doubling up to the maximum, new for every connection.
+SIDE_RETRY_MIN = 30.0
+SIDE_RETRY_MAX = 600.0
 #: How long ``close`` waits for the broker to acknowledge the connection's close.
 CLOSE_WAIT = 2.0
 #: Opening channels and declaring the topology, after the connection is open.
@@ -148,7 +153,11 @@ class AmqpHandoff(Handoff):
         self._parameters: list[tuple[str, pika.URLParameters]] = []
         self._connection: AsyncioConnection | None = None
         self._channel: Any = None  # the confirm channel, once the topology is declared
-        self._events: Any = None  # a channel without confirms, for events
+        # The side channel, without confirms: events and rejected records. The broker
+        # refusing one of those (a permission, a deleted exchange) closes only this one.
+        self._side: Any = None
+        self._side_retry: asyncio.TimerHandle | None = None
+        self._side_delay = SIDE_RETRY_MIN
         self._up = asyncio.Event()
         self._blocked = False
         self._closing = False
@@ -242,9 +251,10 @@ class AmqpHandoff(Handoff):
         if self._expiry is not None:
             self._expiry.cancel()
         self._fail_in_flight("the worker is stopping")
-        for task in self._tasks:
+        tasks = list(self._tasks)  # each removes itself from the list when done
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         connection = self._connection
@@ -267,14 +277,7 @@ class AmqpHandoff(Handoff):
         if len(body) > self.settings.max_message_size:
             # The broker would close the channel shared by every session over it.
             return TOO_BIG
-        properties = pika.BasicProperties(
-            content_type=self.content_type,
-            delivery_mode=pika.DeliveryMode.Persistent,
-            message_id=message.email.id,
-            timestamp=int(time.time()),
-            app_id="wildboar",
-            type="rejected" if message.rejection is not None else "accepted",
-        )
+        properties = self._properties(message)
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         tag = self._next_tag
         try:
@@ -300,39 +303,50 @@ class AmqpHandoff(Handoff):
             self.published += 1
         return why
 
+    def _properties(self, message: Message) -> pika.BasicProperties:
+        return pika.BasicProperties(
+            content_type=self.content_type,
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=message.email.id,
+            timestamp=int(time.time()),
+            app_id="wildboar",
+            type="rejected" if message.rejection is not None else "accepted",
+        )
+
     def rejected(self, message: Message) -> None:
-        """Publish a message refused after its content (with ``rejection`` set), without
-        holding up the session; a failure is logged, the client had its 5xx already."""
-        if not self.usable:
+        """Publish a message refused after its content (with ``rejection`` set) on the side
+        channel, fire and forget: the client had its 5xx already, and a broker refusing
+        this publish (no write permission on the exchange, say) must not touch the channel
+        that carries the mail every session waits for."""
+        why = None
+        if self._side is None or self._blocked:
+            why = "blocked by a broker alarm" if self._blocked else "no broker connection"
+        else:
+            body = encode(message, self.content_type)
+            if len(body) > self.settings.max_message_size:
+                why = TOO_BIG
+            else:
+                try:
+                    self._side.basic_publish(
+                        self.rejected_exchange,
+                        self.settings.routing_key,
+                        body,
+                        self._properties(message),
+                    )
+                except (pika.exceptions.AMQPError, OSError) as error:
+                    why = f"publish failed: {type(error).__name__}"
+        if why is not None:
             report(
-                logging.WARNING,
-                "amqp_rejected_not_published",
-                message=message.email.id,
-                why="no broker connection",
+                logging.WARNING, "amqp_rejected_not_published", message=message.email.id, why=why
             )
-            return
-
-        async def publish() -> None:
-            why = await self.publish(message, self.rejected_exchange)
-            if why is not None:
-                report(
-                    logging.WARNING,
-                    "amqp_rejected_not_published",
-                    message=message.email.id,
-                    why=why,
-                )
-
-        task = asyncio.get_running_loop().create_task(publish())
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
 
     def event(self, event: str, fields: dict[str, Any]) -> None:
         """Fire and forget to the topic exchange: never waits, never fails mail."""
-        if self._events is None or not self.settings.events or self._blocked:
+        if self._side is None or not self.settings.events or self._blocked:
             return
         body = msgspec.json.encode({"event": event, "time": time.time(), **fields})
         with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-            self._events.basic_publish(
+            self._side.basic_publish(
                 self.events_exchange,
                 event.replace("_", "."),
                 body,
@@ -467,7 +481,8 @@ class AmqpHandoff(Handoff):
         await self._call(channel.confirm_delivery, self._on_confirm, callback=None)
         channel.add_on_return_callback(self._on_return)
         await self._declare(channel)
-        self._events = await self._open_channel(connection) if self.settings.events else None
+        self._side = await self._open_channel(connection)
+        self._side_delay = SIDE_RETRY_MIN
         self._channel = channel
 
     async def _open_channel(self, connection: Any) -> Any:
@@ -527,8 +542,55 @@ class AmqpHandoff(Handoff):
 
     def _on_channel_closed(self, channel: Any, error: BaseException) -> None:
         # A channel of an earlier connection, closing late, must not end the current one.
-        if channel.connection is self._connection:
-            self._lose(f"channel closed: {_reason(error)}")
+        if channel.connection is not self._connection:
+            return
+        if channel is self._side and self._channel is not None:
+            self._side_closed(channel, error)
+            return
+        self._lose(f"channel closed: {_reason(error)}")
+
+    def _side_closed(self, channel: Any, error: BaseException) -> None:
+        """The broker closed the side channel: events and rejected records are dropped
+        (and said so, once per attempt) until it is opened again, after a back-off; mail
+        goes on on the confirm channel."""
+        self._side = None
+        delay = self._side_delay
+        self._side_delay = min(delay * 2, SIDE_RETRY_MAX)
+        report(
+            logging.WARNING,
+            "amqp_side_channel_closed",
+            broker=self.broker,
+            why=_reason(error),
+            retry_in=delay,
+        )
+        connection = self._connection
+        loop = asyncio.get_running_loop()
+        self._side_retry = loop.call_later(
+            delay, lambda: self._tasks_start(self._reopen_side(connection))
+        )
+
+    def _tasks_start(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _reopen_side(self, connection: Any) -> None:
+        """Open the side channel again and declare its exchanges again (one may have been
+        deleted); without waiting: if the broker still refuses, it closes this channel
+        too, and ``_side_closed`` backs off further."""
+        self._side_retry = None
+        if connection is not self._connection or self._closing or self._side is not None:
+            return
+        with contextlib.suppress(BrokerError):
+            channel = await self._open_channel(connection)
+            if connection is not self._connection or self._channel is None:
+                return
+            self._side = channel
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                channel.exchange_declare(self.rejected_exchange, "direct", durable=True)
+                if self.settings.events:
+                    channel.exchange_declare(self.events_exchange, "topic", durable=True)
+            report(logging.INFO, "amqp_side_channel_reopened", broker=self.broker)
 
     def _on_blocked(self, connection: Any, frame: Any) -> None:
         # RabbitMQ says so when a connection publishes during a memory or disk alarm, and
@@ -543,14 +605,21 @@ class AmqpHandoff(Handoff):
 
     def _lose(self, why: str) -> None:
         self._channel = None
-        self._events = None
+        self._side = None
+        self._cancel_side_retry()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(why)
+
+    def _cancel_side_retry(self) -> None:
+        if self._side_retry is not None:
+            self._side_retry.cancel()
+            self._side_retry = None
 
     def _disconnect(self, why: str) -> None:
         connection, self._connection = self._connection, None
         self._channel = None
-        self._events = None
+        self._side = None
+        self._cancel_side_retry()
         if connection is not None and not (connection.is_closed or connection.is_closing):
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
                 connection.close(reply_text=why[:200])
@@ -560,6 +629,7 @@ class AmqpHandoff(Handoff):
     async def _drain_buffer(self) -> None:
         """Publish buffered messages, oldest first, while the broker takes them; remove
         each from the buffer once confirmed. One worker drains at a time (``Spool.lock``)."""
+        backoff = DRAIN_IDLE
         while not self._closing:
             await self._up.wait()
             if not self.usable:  # connected but blocked by an alarm: nothing to try yet
@@ -569,17 +639,24 @@ class AmqpHandoff(Handoff):
                 more = await self._drain_pass()
             except (OSError, SpoolError) as error:
                 report(logging.ERROR, "amqp_drain_failed", buffer=self.buffer_path, why=str(error))
-                more = False
+                more = None
             if more:
+                backoff = DRAIN_IDLE
                 continue
+            if more is None:  # the broker refused (or the buffer failed): back off
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, DRAIN_BACKOFF_MAX)
+                continue
+            backoff = DRAIN_IDLE
             self._drain_wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_IDLE):
                     await self._drain_wake.wait()
 
-    async def _drain_pass(self) -> bool:
+    async def _drain_pass(self) -> bool | None:
         """Every message in the buffer now, oldest first, ``DRAIN_WINDOW`` in flight, each
-        removed once confirmed. True when all were published (more may have come since).
+        removed once confirmed. True when all were published (more may have come since),
+        None when the broker refused some (the caller backs off), False otherwise.
         The buffer is listed once per pass: a pass costs one read of each file to order
         them and one to publish it."""
         spool = Spool(self.buffer_path)
@@ -605,7 +682,7 @@ class AmqpHandoff(Handoff):
                             failed=len(failures),
                             why=failures[0],
                         )
-                        return False
+                        return None
                 report(logging.INFO, "amqp_drained", published=published)
                 return True
         except SpoolBusy:
