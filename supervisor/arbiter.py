@@ -44,6 +44,8 @@ DRAIN_GRACE: Final = 5.0
 STOP_GRACE: Final = 5.0
 STATUS_INTERVAL: Final = 1.0
 TICK: Final = 0.5
+#: A gap this long between two turns of the loop means the supervisor was not running.
+STALL: Final = 3.0
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Arbiter:
         self._stop: Stop | None = None
         self._exit_status: int | None = None
         self._announced_ready = False
+        self._last_tick = time.monotonic()
         self._status_text = ""
         self._status_at = -math.inf
         self._next_watchdog = 0.0
@@ -114,12 +117,30 @@ class Arbiter:
         return self._exit_status
 
     def _tick(self, now: float) -> None:
+        self._forgive_own_stall(now)
         self._handle_signals(now)
         self._reap_workers(now)
         self._murder_workers(now)
         self._manage_workers(now)
         self._report(now)
         self._check_stopped(now)
+
+    def _forgive_own_stall(self, now: float) -> None:
+        """The supervisor itself was not running (SIGSTOP, a paused VM, a starved CPU):
+        the heartbeats wait unread in the channels, and the deadlines of the workers must
+        not count that time against them. Read the channels and move every deadline on."""
+        gap = now - self._last_tick
+        self._last_tick = now
+        if gap < STALL:
+            return
+        log("supervisor_stalled", "warning", seconds=round(gap, 3))
+        for worker in self._all_workers():
+            if worker.channel_open:
+                self._read_channel(worker, now)
+            worker.last_heartbeat = max(worker.last_heartbeat, now)
+            worker.spawned_at += gap
+            if worker.kill_at is not None:
+                worker.kill_at += gap
 
     def _timeout(self, now: float) -> float:
         deadlines = [now + TICK]
@@ -158,8 +179,9 @@ class Arbiter:
 
     def _on_message(self, worker: Worker, message: control.Message, now: float) -> None:
         match message:
-            case control.Ready(pid=pid, drain=drain):
+            case control.Ready(pid=pid, drain=drain, handoff=handoff):
                 worker.drain_timeout = drain
+                worker.handoff_timeout = handoff
                 self._on_ready(worker, pid, now)
             case control.Heartbeat(sessions=sessions, messages=messages):
                 worker.sessions, worker.messages = sessions, messages
@@ -202,7 +224,10 @@ class Arbiter:
         """Drain ``worker`` (already detached from its slot), SIGKILL it if it overstays."""
         drain = self._drain_timeout(worker)
         worker.phase = Phase.DRAINING
-        worker.kill_at = now + drain + DRAIN_GRACE
+        # After its drain deadline a worker still lets the messages being made durable
+        # finish, up to its handoff timeout (docs/operations.md, TERM); a worker that hangs
+        # meanwhile is caught by its missing heartbeat, not by this.
+        worker.kill_at = now + drain + (worker.handoff_timeout or 0.0) + DRAIN_GRACE
         told = worker.channel_open and control.send_drain(worker.channel, drain)
         self._retiring.append(worker)
         log("worker_draining", **worker.fields(), deadline=drain, told=told)
@@ -271,8 +296,13 @@ class Arbiter:
             return False
         if was_successor and self._reloading:
             self._abort_reload(reason)
-        else:
-            self._halt(reason)
+            return True
+        if self._announced_ready:
+            # Serving already: the others go on serving, this slot retries with back-off
+            # (a full disk, a spool made unwritable, a file edited wrong: fixable).
+            log("worker_boot_failed", "error", reason=reason)
+            return False
+        self._halt(reason)
         return True
 
     def _schedule_respawn(self, slot: Slot, worker: Worker, now: float) -> None:
@@ -287,8 +317,12 @@ class Arbiter:
         options = self._options
         if worker.phase is Phase.BOOTING and now - worker.spawned_at > options.boot_timeout:
             return "boot_timeout"
-        if worker.phase is Phase.READY and now - worker.last_heartbeat > options.heartbeat_timeout:
-            return "heartbeat_timeout"
+        if (
+            worker.phase in (Phase.READY, Phase.DRAINING)
+            and worker.channel_open
+            and now - worker.last_heartbeat > options.heartbeat_timeout
+        ):
+            return "heartbeat_timeout"  # a draining worker keeps its heartbeat too
         if worker.phase is Phase.DRAINING and worker.kill_at is not None and now > worker.kill_at:
             return "drain_timeout"
         return None
@@ -306,7 +340,15 @@ class Arbiter:
                 return
             if slot.vacant() and now >= slot.respawn_at:
                 slot.worker = self._spawn(slot.index, now)
+                if slot.worker is None and self._stop is None:
+                    self._respawn_later(slot, now)
         self._advance_reload(now)
+
+    def _respawn_later(self, slot: Slot, now: float) -> None:
+        delay = slot.backoff
+        slot.backoff = min(delay * 2, BACKOFF_MAX)
+        slot.respawn_at = now + delay
+        log("worker_restart_scheduled", worker=slot.index, delay=round(delay, 3))
 
     def _spawn(self, index: int, now: float) -> Worker | None:
         self._seq += 1
@@ -322,7 +364,13 @@ class Arbiter:
                 now=now,
             )
         except OSError as error:
-            self._halt(f"cannot start the worker command {command[0]!r}: {error}")
+            reason = f"cannot start the worker command {command[0]!r}: {error}"
+            if not self._announced_ready:
+                self._halt(reason)  # at start: the command itself is wrong
+            elif self._reloading:
+                self._abort_reload(reason)  # the old workers keep serving
+            else:
+                log("worker_spawn_failed", "error", worker=index, reason=reason)
             return None
         self._selector.register(worker.channel, selectors.EVENT_READ, worker)
         log("worker_spawned", **worker.fields(), generation=worker.generation)
@@ -345,8 +393,12 @@ class Arbiter:
             self._reloading = False
             self._notifier.ready()
             log("reloaded", workers=len(self._slots), generation=self._generation)
-        elif now >= stale[0].respawn_at:
-            stale[0].successor = self._spawn(stale[0].index, now)
+        else:
+            # The slot whose worker is oldest first: with HUPs in quick succession, every
+            # slot gets its turn, not the first one again and again.
+            slot = min(stale, key=lambda s: (s.worker.generation if s.worker else 0, s.index))
+            if now >= slot.respawn_at:
+                slot.successor = self._spawn(slot.index, now)
 
     def _still_accepting(self, worker: Worker) -> bool:
         """An old worker told to drain that has not yet said it closed its listeners."""

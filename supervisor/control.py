@@ -35,6 +35,8 @@ class Ready:
     #: The drain deadline of the configuration the worker started with (seconds), if it
     #: says: after a HUP it may differ from the supervisor's ``--drain-timeout``.
     drain: float | None = None
+    #: How long, after the drain deadline, it lets messages being made durable finish.
+    handoff: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,16 +103,17 @@ def _parse_object(message: dict[str, object]) -> Message:
         pid = _count(message.get("pid"))
         if pid is None:
             return Malformed("ready without pid")
-        drain = message.get("drain")
-        if drain is None:
-            return Ready(pid)
-        if (
-            not isinstance(drain, int | float)
-            or isinstance(drain, bool)
-            or not 0 <= drain <= MAX_DRAIN  # also refuses NaN
-        ):
-            return Malformed("ready with a drain that is not 0 to 86400 seconds")
-        return Ready(pid, float(drain))
+        seconds: dict[str, float | None] = {}
+        for key in ("drain", "handoff"):
+            value = message.get(key)
+            if value is not None and (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not 0 <= value <= MAX_DRAIN  # also refuses NaN
+            ):
+                return Malformed(f"ready with a {key} that is not 0 to 86400 seconds")
+            seconds[key] = None if value is None else float(value)
+        return Ready(pid, seconds["drain"], seconds["handoff"])
     if kind == "stopping":
         return Stopping()
     return Malformed(f"unknown message type {str(kind)[:40]!r}")

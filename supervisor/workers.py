@@ -45,6 +45,7 @@ class Worker:
     messages: int = 0
     kill_at: float | None = None  # when draining: SIGKILL after this moment
     drain_timeout: float | None = None  # its own, from its "ready"; else --drain-timeout
+    handoff_timeout: float | None = None  # how long it lets handoffs finish after draining
     killed: bool = False
     stopped_accepting: bool = False  # it said "stopping": its listeners are closed
     channel_open: bool = field(default=True)

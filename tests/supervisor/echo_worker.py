@@ -23,6 +23,7 @@ Behaviour the tests ask for, through the environment:
                                    listeners and saying stopping
     ECHO_WORKER_HEARTBEAT=S        seconds between heartbeats (default 1)
     ECHO_WORKER_GARBAGE=1          after ready, send messages that break the contract
+    ECHO_WORKER_READY_HANDOFF=S    say in "ready" that handoffs may take S s after a drain
 """
 
 from __future__ import annotations
@@ -103,7 +104,10 @@ class EchoWorker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_term)
         if os.environ.get("ECHO_WORKER_NO_READY") != "1":
-            self.send({"type": "ready", "pid": os.getpid()})
+            ready: dict[str, object] = {"type": "ready", "pid": os.getpid()}
+            if os.environ.get("ECHO_WORKER_READY_HANDOFF"):
+                ready["handoff"] = float(os.environ["ECHO_WORKER_READY_HANDOFF"])
+            self.send(ready)
             say("ready", silent=self.silent)
         if os.environ.get("ECHO_WORKER_GARBAGE") == "1":
             self.send_garbage()

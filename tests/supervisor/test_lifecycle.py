@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import RUN_AS, Supervisor, banner, banner_pid
+from .conftest import RUN_AS, Supervisor, banner, banner_pid, worker_command
 
 
 def start(supervisors: Callable[..., Supervisor], *flags: str, **env: str) -> Supervisor:
@@ -156,3 +156,76 @@ def test_messages_that_break_the_contract_are_logged_not_believed(
     assert banner_pid(banner(port)) == pid
     time.sleep(0.5)
     assert sup.ready_workers() == {pid} and sup.process.poll() is None
+
+
+def test_a_boot_error_after_the_start_backs_off_instead_of_halting(
+    supervisors: Callable[..., Supervisor], shared_tmp: Path
+) -> None:
+    """Once serving, a replacement that cannot boot (a full disk, a spool made
+    unwritable) does not take the server down: the other workers serve on, the slot
+    retries with back-off, and serves again once the cause is gone."""
+    flag = shared_tmp / "broken"
+    sup = start(supervisors, "--workers", "2", ECHO_WORKER_BOOT_EXIT_IF=str(flag))
+    port = sup.port()
+    first = sup.wait_serving(2)
+    sup.wait_event("ready")
+    flag.touch()
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    sup.wait_event("worker_boot_failed", count=3, timeout=15)
+    assert not sup.find("halted") and sup.process.poll() is None
+    delays = [e["delay"] for e in sup.find("worker_restart_scheduled")]
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8], delays
+    survivor = (first - {victim}).pop()
+    assert {banner_pid(banner(port)) for _ in range(4)} == {survivor}
+    flag.unlink()
+    now = sup.wait_serving(2, timeout=15)
+    assert survivor in now and victim not in now
+
+
+def test_a_stalled_supervisor_does_not_kill_its_heartbeating_workers(
+    supervisors: Callable[..., Supervisor],
+) -> None:
+    """SIGSTOP of the supervisor (a paused VM, Ctrl-Z): the workers' heartbeats wait in
+    their channels; the stall is not held against them."""
+    flags = ("--workers", "2", "--heartbeat-timeout", "1.5")
+    sup = start(supervisors, *flags, ECHO_WORKER_HEARTBEAT="0.2")
+    port = sup.port()
+    workers = sup.wait_serving(2)
+    sup.wait_event("ready")
+    os.kill(sup.process.pid, signal.SIGSTOP)
+    time.sleep(4)  # longer than the heartbeat timeout and the stall threshold
+    os.kill(sup.process.pid, signal.SIGCONT)
+    sup.wait_event("supervisor_stalled", timeout=10)
+    time.sleep(1)
+    assert not sup.find("worker_killed"), sup.output()
+    assert sup.wait_serving(2) == workers
+    assert banner_pid(banner(port)) in workers
+
+
+def test_a_worker_command_that_cannot_start_after_the_start_is_retried(
+    supervisors: Callable[..., Supervisor], shared_tmp: Path
+) -> None:
+    """A spawn that fails once serving (here the command lost its execute bit; in life
+    EAGAIN from a process limit) aborts a reload, or retries a restart with back-off,
+    instead of halting a server that is serving."""
+    script = shared_tmp / "worker.sh"
+    script.write_text(f'#!/bin/sh\nexec {" ".join(worker_command())} "$@"\n')
+    script.chmod(0o755)
+    sup = supervisors("--listen", "127.0.0.1:0", *RUN_AS, "--workers", "2", command=[str(script)])
+    port = sup.port()
+    first = sup.wait_serving(2)
+    sup.wait_event("ready")
+    script.chmod(0o644)
+    sup.signal(signal.SIGHUP)
+    failed = sup.wait_event("reload_failed", timeout=15)
+    assert "cannot start the worker command" in failed["reason"]
+    assert sup.wait_serving(2) == first
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    sup.wait_event("worker_spawn_failed", count=2, timeout=15)
+    assert not sup.find("halted") and sup.process.poll() is None
+    assert banner_pid(banner(port)) in first - {victim}
+    script.chmod(0o755)
+    now = sup.wait_serving(2, timeout=15)
+    assert victim not in now and len(now & first) == 1

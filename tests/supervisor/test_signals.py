@@ -65,6 +65,22 @@ def test_term_kills_a_worker_that_does_not_drain(supervisors: Callable[..., Supe
     assert sup.find("worker_exited", pid=pid)[0]["status"] == "signal SIGKILL"
 
 
+def test_term_lets_handoffs_finish_after_the_drain_deadline(
+    supervisors: Callable[..., Supervisor],
+) -> None:
+    """A worker that says its handoffs may take 3 s after the drain deadline (wildboar's
+    timeouts.handoff) is given them before it is killed: messages being made durable
+    finish (docs/operations.md, TERM)."""
+    flags = ("--workers", "1", "--drain-timeout", "0.5")
+    sup = start(supervisors, *flags, ECHO_WORKER_IGNORE_DRAIN="1", ECHO_WORKER_READY_HANDOFF="3")
+    (pid,) = sup.wait_serving(1)
+    started = time.monotonic()
+    sup.signal(signal.SIGTERM)
+    assert sup.wait_exit(20) == 0
+    assert 8.0 <= time.monotonic() - started < 12.0  # 0.5 s + 3 s of handoffs + 5 s grace
+    assert sup.find("worker_killed", pid=pid, reason="drain_timeout")
+
+
 def connect_continuously(
     port: int, stop: threading.Event, pids: list[int], errors: list[str]
 ) -> None:

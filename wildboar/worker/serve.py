@@ -93,13 +93,20 @@ class Worker:
         )
         # The drain deadline of this worker's configuration: after a HUP the supervisor
         # drains it with the reloaded value, not the one it was started with.
-        self._send({"type": "ready", "pid": os.getpid(), "drain": self.drain_deadline})
+        self._send(
+            {
+                "type": "ready",
+                "pid": os.getpid(),
+                "drain": self.drain_deadline,
+                "handoff": self.config.timeouts.handoff,
+            }
+        )
         await self.draining.wait()
         await self._drain()
         sweeper.cancel()
-        heartbeat.cancel()
-        for handoff in self.handoffs:
+        for handoff in self.handoffs:  # heartbeats go on: closing may wait for a broker
             await handoff.close()
+        heartbeat.cancel()
         log("worker_stopped", server=self.id, messages=self.messages)
         flush()
 
