@@ -88,6 +88,15 @@ def _check_and_purge(queue: str, expected: int) -> str | None:
     return None
 
 
+def _delete(queues: Sequence[str], exchanges: Sequence[str]) -> None:
+    with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
+        channel = connection.channel()
+        for queue in queues:
+            channel.queue_delete(queue)
+        for exchange in exchanges:
+            channel.exchange_delete(exchange)
+
+
 class WildboarAmqp(Wildboar):
     """``wildboar serve --handoff amqp`` publishing under a prefix of its own."""
 
@@ -109,14 +118,12 @@ class WildboarAmqp(Wildboar):
         return mismatch
 
     def remove_topology(self) -> None:
-        with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
-            channel = connection.channel()
-            for name in ("accepted", "rejected"):
-                for way in ("inbound", "outbound"):
-                    exchange = f"{self.prefix}{name}.{way}.email"
-                    channel.queue_delete(exchange)
-                    channel.exchange_delete(exchange)
-            channel.exchange_delete(self.prefix + "events")
+        names = [
+            f"{self.prefix}{n}.{w}.email"
+            for n in ("accepted", "rejected")
+            for w in ("inbound", "outbound")
+        ]
+        _delete(queues=names, exchanges=[*names, self.prefix + "events"])
 
 
 class FloorAmqp(Floor):
@@ -148,10 +155,7 @@ class FloorAmqp(Floor):
         return mismatch
 
     def remove_topology(self) -> None:
-        with pika.BlockingConnection(pika.URLParameters(URL)) as connection:
-            channel = connection.channel()
-            channel.queue_delete(self.queue)
-            channel.exchange_delete(self.queue)
+        _delete(queues=[self.queue], exchanges=[self.queue])
 
 
 def raw(size: int, seconds: float) -> Result:

@@ -360,37 +360,29 @@ def test_received_header() -> None:
         )
 
 
-def test_received_header_names_no_recipient_when_there_are_several() -> None:
+def received_for(recipients: bytes) -> bytes:
+    """The Received field of a message to ``recipients`` (RCPT lines)."""
     client = session()
-    client.send(
-        b"MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<c@example.org>\r\n"
-    )
-    client.send(b"DATA\r\n")
+    client.send(b"MAIL FROM:<a@example.net>\r\n" + recipients + b"DATA\r\n")
     client.round(stuff(HEADERS))
-    header = smtp.received_header(
+    return smtp.received_header(
         client.accepted[0].envelope,
         by="mx.example.org",
         client_address="192.0.2.1",
         when=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
         id="9",
     )
+
+
+def test_received_header_names_no_recipient_when_there_are_several() -> None:
+    header = received_for(b"RCPT TO:<b@example.org>\r\nRCPT TO:<c@example.org>\r\n")
     assert b" for " not in header and b"\tfor" not in header
     assert header.endswith(b"id 9; Thu, 01 Jan 2026 00:00:00 +0000\r\n")
 
 
 def test_received_header_leaves_out_a_postmaster_without_domain() -> None:
     """§4.4's FOR takes a Path or Mailbox, both with a domain; <Postmaster> has none."""
-    client = session()
-    client.send(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<Postmaster>\r\n")
-    client.send(b"DATA\r\n")
-    client.round(stuff(HEADERS))
-    header = smtp.received_header(
-        client.accepted[0].envelope,
-        by="mx.example.org",
-        client_address="192.0.2.1",
-        when=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
-        id="9",
-    )
+    header = received_for(b"RCPT TO:<Postmaster>\r\n")
     assert b"for" not in header and b"Postmaster" not in header
     assert header.endswith(b"id 9; Thu, 01 Jan 2026 00:00:00 +0000\r\n")
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import unprivileged
@@ -216,50 +217,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_socket_activation(spool_dir: Path) -> None:
-    spool = spool_dir
-    port = free_port()
+@contextlib.contextmanager
+def socket_activated(spool: Path, address: str, port: int, subject: str) -> Iterator[Server]:
+    """``wildboar serve`` under ``systemd-socket-activate`` on ``address``, which binds at
+    once and starts serve on the first connection: one message with ``subject`` sent."""
     # systemd-socket-activate hands the program only the variables named with -E.
     passed = [f"-E{name}={value}" for name, value in unprivileged.env().items()]
     command = [
-        "systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=smtp", *passed,
+        "systemd-socket-activate", "-l", address, "--fdname=smtp", *passed,
         sys.executable, "-m", "wildboar.cli", "serve", "--workers", "1",
         "--spool", str(spool), "--hostname", "mx.test.example",
     ]  # fmt: skip
     server = Server(spool, command=command)
     try:
-        # systemd-socket-activate binds at once and starts serve on the first connection.
         deadline = time.monotonic() + 30
-        while not send_one(port, "activated", timeout=30):
+        while not send_one(port, subject, timeout=30):
             assert time.monotonic() < deadline, "".join(server.stderr)
             time.sleep(0.2)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_socket_activation(spool_dir: Path) -> None:
+    port = free_port()
+    with socket_activated(spool_dir, f"127.0.0.1:{port}", port, "activated") as server:
         [listening] = server.wait_for("listening", component="supervisor")
         assert listening.get("source") == "systemd"
         # No listener was configured: nothing is ignored, and nothing is said to be.
         assert not server.events("listen_ignored", component="supervisor")
-    finally:
-        server.stop()
-    assert subjects(spool) == ["activated"]
+    assert subjects(spool_dir) == ["activated"]
 
 
 def test_ipv4_client_on_a_dual_stack_socket_is_recorded_as_ipv4(spool_dir: Path) -> None:
     """systemd's sockets are dual-stack by default (BindIPv6Only=default): an IPv4 client
     arrives as ::ffff:a.b.c.d on both ends; the record says IPv4, both ends alike."""
     port = free_port()
-    passed = [f"-E{name}={value}" for name, value in unprivileged.env().items()]
-    command = [
-        "systemd-socket-activate", "-l", f"[::]:{port}", "--fdname=smtp", *passed,
-        sys.executable, "-m", "wildboar.cli", "serve", "--workers", "1",
-        "--spool", str(spool_dir), "--hostname", "mx.test.example",
-    ]  # fmt: skip
-    server = Server(spool_dir, command=command)
-    try:
-        deadline = time.monotonic() + 30
-        while not send_one(port, "dual stack", timeout=30):
-            assert time.monotonic() < deadline, "".join(server.stderr)
-            time.sleep(0.2)
-    finally:
-        server.stop()
+    with socket_activated(spool_dir, f"[::]:{port}", port, "dual stack"):
+        pass
     [record] = spooled(spool_dir)
     assert record.connection.remote.family == "ipv4"
     assert record.connection.remote.address == "127.0.0.1"
