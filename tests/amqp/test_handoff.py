@@ -525,3 +525,43 @@ def test_a_refused_event_or_rejected_record_never_touches_mail(
     else:
         [record] = broker.get(broker.name(REJECTED), 1)
         assert M.decode(record.body).email.id == refused.email.id
+
+
+def test_the_drain_backs_off_while_the_broker_refuses_and_keeps_the_buffer(
+    broker: Broker,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A queue that rejects every publish (full, reject-publish): the drain tries again
+    after a wait that doubles (from DRAIN_IDLE, shortened here), not every DRAIN_IDLE,
+    and keeps every buffered message."""
+    monkeypatch.setattr(amqp_module, "DRAIN_IDLE", 0.2)
+    messages = [make_message() for _ in range(2)]
+
+    async def down() -> list[bool]:
+        amqp = handoff(broker, tmp_path, urls=[DEAD_URL], store_and_forward=True)
+        await amqp.start()
+        try:
+            return [(await amqp.deliver(m)).ok for m in messages]
+        finally:
+            await amqp.close()
+
+    async def refused() -> None:
+        queue = broker.declare_queue(
+            "full", {"x-max-length": 0, "x-overflow": "reject-publish", "x-queue-type": "classic"}
+        )
+        amqp = handoff(broker, tmp_path, store_and_forward=True, declare_queues=False)
+        await started(amqp)
+        broker.bind(queue, broker.name(ACCEPTED), "after.smtp")
+        try:
+            await asyncio.sleep(3.2)  # tries at ~0, 0.2, 0.6, 1.4, 3.0 s; 16 without back-off
+        finally:
+            await amqp.close()
+
+    assert run(down()) == [True, True]
+    with caplog.at_level(logging.INFO, logger="wildboar.handoff"):
+        run(refused())
+    stopped = [r for r in caplog.records if r.getMessage() == "amqp_drain_stopped"]
+    assert 3 <= len(stopped) <= 7, len(stopped)
+    assert Spool(tmp_path / "buffer").count() == 2
