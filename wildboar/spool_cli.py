@@ -12,13 +12,13 @@ removes a message only after its line was flushed (and fsync'd, when stdout is a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import re
 import stat
 import sys
 from collections.abc import Callable
-from typing import BinaryIO
 
 import msgspec
 
@@ -172,8 +172,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_drain(args: argparse.Namespace) -> int:
     def drain(spool: Spool) -> int:
-        out = sys.stdout.buffer
-        durable_out = stat.S_ISREG(os.fstat(out.fileno()).st_mode)
+        sys.stdout.flush()
+        out = sys.stdout.fileno()  # written with os.write: no buffer to hide a short write
+        durable_out = stat.S_ISREG(os.fstat(out).st_mode)
         with spool.lock():
             entries, corrupt = spool.readable()
             for entry in entries:
@@ -195,16 +196,23 @@ def cmd_drain(args: argparse.Namespace) -> int:
     return _run(args, drain)
 
 
-def _emit(out: BinaryIO, line: bytes, fsync: bool) -> bool:
-    """Write and flush ``line``; fsync if ``out`` is a file. False (said on stderr) if the
-    reader went away or the disk failed: the message then stays in the spool."""
+def _emit(out: int, line: bytes, file: bool) -> bool:
+    """Write all of ``line`` to the descriptor ``out``; into a file, fsync it too. False
+    (said on stderr) if the reader went away or the disk failed: that message stays in the
+    spool, and a file gets no partial line (it is cut back to where the line began)."""
+    # Where the line begins: the end of the file (also with >>, whose offset says 0).
+    start = os.fstat(out).st_size if file else 0
+    view = memoryview(line)
     try:
-        out.write(line)
-        out.flush()
-        if fsync:
-            os.fsync(out.fileno())
+        while view:
+            view = view[os.write(out, view) :]
+        if file:
+            os.fsync(out)
     except OSError as error:
-        _fail(f"stdout: {error.strerror or error}; the message stays in the spool")
+        if file:
+            with contextlib.suppress(OSError):
+                os.ftruncate(out, start)
+        _fail(f"stdout: {error.strerror or error}; this message and the rest stay in the spool")
         _silence_stdout()
         return False
     return True

@@ -306,11 +306,26 @@ def test_disk_full_gives_452_and_leaves_no_temp_file(tmpfs: Path) -> None:
     assert run(spool_messages(spool, more))[0] == [DELIVERED] * 5
 
 
-def test_start_on_a_full_disk_fails(tmpfs: Path) -> None:
+def test_start_on_a_full_disk_serves_and_answers_452(
+    tmpfs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Full is not broken: a worker starting (or restarting) on a full spool serves, says
+    so, and answers 452 4.3.1 until there is room, rather than not answering at all."""
     run(SpoolHandoff(tmpfs / "spool").start())
     fill(tmpfs)
-    with pytest.raises(HandoffStartError, match="No space left on device"):
-        run(SpoolHandoff(tmpfs / "spool").start())
+
+    async def main() -> Delivery:
+        handoff = SpoolHandoff(tmpfs / "spool")
+        await handoff.start()
+        try:
+            return await handoff.deliver(make_message())
+        finally:
+            await handoff.close()
+
+    with caplog.at_level(logging.WARNING, logger="wildboar.handoff"):
+        delivery = run(main())
+    assert delivery.reply == INSUFFICIENT_STORAGE
+    assert [r.getMessage() for r in caplog.records] == ["spool_full_at_start", "spool_write_failed"]
 
 
 def test_read_only_spool_refuses_start_and_gives_451(tmpfs: Path) -> None:
@@ -421,7 +436,8 @@ def test_remove_and_unknown_or_bad_ids(tmp_path: Path) -> None:
 def test_temp_files_are_never_listed_and_clean_tmp_removes_old_ones(tmp_path: Path) -> None:
     message = make_message()
     run(SpoolHandoff(tmp_path).start())
-    crashed = tmp_path / "tmp" / f"{uuid_of(message)}.99.tmp"
+    # Written by a live process (this one): kept until it is old.
+    crashed = tmp_path / "tmp" / f"{uuid_of(message)}.{os.getpid()}.tmp"
     crashed.write_bytes(M.encode(message, M.CONTENT_TYPE_MSGPACK)[:100])
     spool = Spool(tmp_path)
     assert (spool.list(), spool.count()) == ([], 0)
@@ -429,6 +445,13 @@ def test_temp_files_are_never_listed_and_clean_tmp_removes_old_ones(tmp_path: Pa
     os.utime(crashed, (0, 0))
     assert spool.clean_tmp(older_than=3600) == 1
     assert files(tmp_path / "tmp") == []
+    # Written by a process that is gone (no pid is above 2**22): removed at once. A
+    # directory someone left there is no reason to fail.
+    (tmp_path / "tmp" / f"{uuid_of(message)}.{2**22 + 1}.tmp").write_bytes(b"partial")
+    (tmp_path / "tmp" / "leftover-dir").mkdir()
+    os.utime(tmp_path / "tmp" / "leftover-dir", (0, 0))
+    assert spool.clean_tmp(older_than=3600) == 1
+    assert files(tmp_path / "tmp") == ["leftover-dir"]
 
 
 def test_a_corrupt_file_is_named_not_skipped(tmp_path: Path) -> None:
@@ -550,7 +573,7 @@ def test_cli_drain_keeps_messages_when_stdout_is_gone(
         result = cli("drain", "--spool", str(path), stdout=write_end, stderr=subprocess.PIPE)
     finally:
         os.close(write_end)
-    assert_one_error_line(result, "stdout", "Broken pipe", "stays in the spool")
+    assert_one_error_line(result, "stdout", "Broken pipe", "stay in the spool")
     assert cli("count", "--spool", str(path)).stdout == "3\n"
 
 
@@ -640,3 +663,60 @@ def test_readable_lists_around_a_corrupt_record_and_quarantine_moves_it(tmp_path
     moved = spool.quarantine(corrupt[0])
     assert moved == str(tmp_path / "corrupt" / bad.name) and not bad.exists()
     assert [e.id for e in spool.list()] == [good.email.id]
+
+
+def test_drain_never_moves_a_record_where_a_planted_link_points(
+    three: tuple[Path, list[M.Message]], tmp_path: Path
+) -> None:
+    """The workers own the spool: a corrupt/ that is a symbolic link (to a directory only
+    root may enter) must not make a root drain move files there."""
+    path, _ = three
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    (path / "corrupt").symlink_to(victim)
+    uuid = M.new_urn().removeprefix("urn:uuid:")
+    (path / "msg" / f"{uuid}.msgpack").write_bytes(b"* * * * * root touch /tmp/x")
+    result = cli("drain", "--spool", str(path))
+    assert result.returncode == 1
+    assert os.listdir(victim) == []
+    assert "is not a directory (a symbolic link?)" in result.stderr, result.stderr
+    assert (path / "msg" / f"{uuid}.msgpack").exists()  # left where it was
+
+
+def test_odd_entries_in_msg_are_named_and_set_aside_never_a_hang(
+    three: tuple[Path, list[M.Message]], tmp_path: Path
+) -> None:
+    """A directory, a FIFO (whose open would block), a link, a sparse giant: ls names
+    each and lists the rest; drain writes the rest and moves each aside."""
+    path, ordered = three
+    msg = path / "msg"
+    odd = [M.new_urn().removeprefix("urn:uuid:") for _ in range(4)]
+    (msg / f"{odd[0]}.msgpack").mkdir()
+    os.mkfifo(msg / f"{odd[1]}.msgpack")
+    (msg / f"{odd[2]}.msgpack").symlink_to(tmp_path)
+    with open(msg / f"{odd[3]}.msgpack", "wb") as giant:
+        giant.truncate(2**40)  # 1 TiB, sparse
+    listed = cli("ls", "--spool", str(path))
+    assert listed.returncode == 1
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == [m.email.id for m in ordered]
+    assert all(any(u in line for line in listed.stderr.splitlines()) for u in odd)
+    assert "Traceback" not in listed.stderr
+    drained = cli("drain", "--spool", str(path))
+    assert drained.returncode == 1 and "Traceback" not in drained.stderr
+    assert len(drained.stdout.splitlines()) == 3
+    assert sorted(os.listdir(path / "corrupt")) == sorted(f"{u}.msgpack" for u in odd)
+    assert os.listdir(msg) == []
+
+
+def test_drain_into_a_full_disk_leaves_no_partial_line_and_keeps_the_message(
+    three: tuple[Path, list[M.Message]], tmpfs: Path
+) -> None:
+    path, _ = three
+    filler = fill(tmpfs)
+    os.truncate(filler, filler.stat().st_size - 600)  # room for less than one line
+    out = tmpfs / "out.jsonl"
+    with out.open("wb") as stdout:
+        result = cli("drain", "--spool", str(path), stdout=stdout)
+    assert result.returncode == 1
+    assert out.read_bytes() == b""  # cut back to where the line began
+    assert Spool(path).count() == 3

@@ -35,6 +35,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -45,6 +46,7 @@ from ..message import CONTENT_TYPE_MSGPACK, Message, decode, encode
 from .base import (
     DELIVERED,
     LOCAL_PROBLEM,
+    STORAGE_ERRNOS,
     Delivery,
     Handoff,
     HandoffStartError,
@@ -66,6 +68,9 @@ STALE_TMP_SECONDS = 3600.0
 # Files and directories hold mail: owner only.
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+#: Larger than any record a server writes (message_size is far below): a bigger file in
+#: msg/ was not written by one, and reading it whole could exhaust memory.
+MAX_RECORD = 1 << 30
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _URN_PREFIX = "urn:uuid:"
@@ -257,7 +262,15 @@ def prepare(layout: Layout) -> None:
         raise OSError(errno.EXDEV, "tmp/ and msg/ are on different filesystems", layout.root)
     probe = os.path.join(layout.msg, f".probe.{os.getpid()}")
     temp = layout.temp("probe")
-    write_temp(temp, b"probe")
+    try:
+        write_temp(temp, b"probe")
+    except OSError as error:
+        if error.errno in STORAGE_ERRNOS:
+            # Full, not broken: the server starts and answers 452 4.3.1 until there is
+            # room again (docs/operations.md), instead of not answering at all.
+            report(logging.WARNING, "spool_full_at_start", spool=layout.root, why=describe(error))
+            return
+        raise
     try:
         os.rename(temp, probe)
         fsync_dir(layout.msg)
@@ -267,15 +280,35 @@ def prepare(layout: Layout) -> None:
 
 
 def clean_tmp(layout: Layout, older_than: float) -> int:
-    """Remove temp files not modified for ``older_than`` seconds; return how many."""
+    """Remove temp files (crash leftovers) not modified for ``older_than`` seconds, or
+    whose writer (the pid in ``<uuid>.<pid>.tmp``) is gone; return how many. Anything
+    else in ``tmp/`` (a directory put there by hand) is left alone, not fatal."""
     cutoff = time.time() - older_than
     removed = 0
     for entry in os.scandir(layout.tmp):
-        with contextlib.suppress(FileNotFoundError):
-            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+        try:
+            status = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(status.st_mode):
+                continue
+            if status.st_mtime < cutoff or _writer_gone(entry.name):
                 os.unlink(entry.path)
                 removed += 1
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove: the next start looks again
     return removed
+
+
+def _writer_gone(name: str) -> bool:
+    parts = name.split(".")
+    if len(parts) != 3 or parts[2] != "tmp" or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's
+    return False
 
 
 def describe(error: OSError) -> str:
@@ -502,15 +535,26 @@ class Spool:
         the operator, never delivered from there; its new path."""
         uuid = message_uuid(message_id)
         directory = os.path.join(self.layout.root, into)
-        os.makedirs(directory, mode=0o750, exist_ok=True)
-        target = os.path.join(directory, uuid + SUFFIX)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, DIR_MODE)
+        # Both ends through descriptors opened without following links: the workers own
+        # the spool, and a root drain must not move their files where a planted link says.
+        aside = _open_dir(directory)
         try:
-            os.rename(self.layout.final(uuid), target)
-        except FileNotFoundError:
-            raise self._missing(uuid) from None
-        fsync_dir(directory)
-        fsync_dir(self.layout.msg)
-        return target
+            messages = _open_dir(self.layout.msg)
+            try:
+                name = uuid + SUFFIX
+                try:
+                    os.rename(name, name, src_dir_fd=messages, dst_dir_fd=aside)
+                except FileNotFoundError:
+                    raise self._missing(uuid) from None
+                os.fsync(aside)
+                os.fsync(messages)
+            finally:
+                os.close(messages)
+        finally:
+            os.close(aside)
+        return os.path.join(directory, uuid + SUFFIX)
 
     def load(self, message_id: str) -> Message:
         """The message with ``urn:uuid:<uuid>`` or bare ``<uuid>`` ``message_id``."""
@@ -560,13 +604,31 @@ class Spool:
         )
 
     def _read(self, uuid: str) -> tuple[bytes, os.stat_result]:
+        """The file's bytes; ``CorruptMessage`` for anything that is not a readable regular
+        file of a sane size (a directory, a link, a FIFO that would block, a sparse giant,
+        a file this user may not read): named and set aside, never a hang or a crash."""
         path = self.layout.final(uuid)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, flags)
         except FileNotFoundError:
             raise self._missing(uuid) from None
-        with os.fdopen(fd, "rb") as handle:
-            return handle.read(), os.fstat(fd)
+        except OSError as error:
+            raise CorruptMessage(f"{path}: cannot be read: {describe(error)}") from None
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise CorruptMessage(f"{path}: not a regular file")
+            if status.st_size > MAX_RECORD:
+                raise CorruptMessage(f"{path}: {status.st_size} octets, more than any record")
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks), status
+        except OSError as error:
+            raise CorruptMessage(f"{path}: cannot be read: {describe(error)}") from None
+        finally:
+            os.close(fd)
 
     def _missing(self, uuid: str) -> NoSuchMessage:
         return NoSuchMessage(f"no message {_URN_PREFIX}{uuid} in spool {self.layout.root}")
@@ -574,6 +636,16 @@ class Spool:
     def _corrupt(self, message_id: str, error: msgspec.DecodeError) -> CorruptMessage:
         path = self.layout.final(message_uuid(message_id))
         return CorruptMessage(f"{path}: not a valid message record: {error}")
+
+
+def _open_dir(path: str) -> int:
+    """A descriptor of the directory ``path`` itself, never of what a link there names."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise SpoolError(f"{path} is not a directory (a symbolic link?): not used") from None
+        raise
 
 
 def _is_message_name(name: str) -> bool:
