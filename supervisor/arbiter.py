@@ -305,8 +305,11 @@ class Arbiter:
         self._halt(reason)
         return True
 
-    def _schedule_respawn(self, slot: Slot, worker: Worker, now: float) -> None:
-        if worker.ready_at is not None and now - worker.ready_at >= BACKOFF_RESET_AFTER:
+    def _schedule_respawn(self, slot: Slot, worker: Worker | None, now: float) -> None:
+        """Fill ``slot`` again after its back-off; ``worker`` is the one that died (None:
+        none could be started), whose long service resets the back-off."""
+        ready_at = worker.ready_at if worker is not None else None
+        if ready_at is not None and now - ready_at >= BACKOFF_RESET_AFTER:
             slot.backoff = BACKOFF_MIN
         delay = slot.backoff
         slot.backoff = min(delay * 2, BACKOFF_MAX)
@@ -341,14 +344,8 @@ class Arbiter:
             if slot.vacant() and now >= slot.respawn_at:
                 slot.worker = self._spawn(slot.index, now)
                 if slot.worker is None and self._stop is None:
-                    self._respawn_later(slot, now)
+                    self._schedule_respawn(slot, None, now)
         self._advance_reload(now)
-
-    def _respawn_later(self, slot: Slot, now: float) -> None:
-        delay = slot.backoff
-        slot.backoff = min(delay * 2, BACKOFF_MAX)
-        slot.respawn_at = now + delay
-        log("worker_restart_scheduled", worker=slot.index, delay=round(delay, 3))
 
     def _spawn(self, index: int, now: float) -> Worker | None:
         self._seq += 1
@@ -491,7 +488,7 @@ class Arbiter:
         if stop is None:
             return
         remaining = self._all_workers()
-        # Each draining worker has its own kill_at (its drain deadline + DRAIN_GRACE).
+        # Each draining worker has its own kill_at (drain deadline, handoff timeout, grace).
         kill_at = [w.kill_at for w in remaining if w.kill_at is not None]
         limit = max(kill_at) if kill_at else stop.started + self._options.drain_timeout
         if remaining and now < limit + STOP_GRACE:
