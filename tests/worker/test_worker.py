@@ -3,6 +3,7 @@ drain, and its control channel."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -339,3 +340,91 @@ def test_a_client_that_speaks_before_the_greeting_gets_554(spool_dir: Path) -> N
         # A client that waits for the greeting is served as always.
         with smtplib.SMTP("127.0.0.1", worker.port, timeout=20) as client:
             assert client.ehlo("patient.example")[0] == 250
+
+
+def flooder(port: int, commands: int, source: str = "127.0.0.1") -> socket.socket:
+    """A client that pipelines ``commands`` HELPs (17x their size in replies) and never
+    reads a reply; a small receive buffer, so the worker's replies back up at once."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"EHLO flood.example\r\n")
+    time.sleep(0.5)  # the greeting and the EHLO reply fill what little it may receive
+    sock.setblocking(False)
+    data = b"HELP\r\n" * commands
+    end = time.monotonic() + 5
+    while data and time.monotonic() < end:  # as much as the kernel takes in 5 s
+        try:
+            data = data[sock.send(data) :]
+        except BlockingIOError:
+            time.sleep(0.01)
+    return sock
+
+
+def test_a_client_that_never_reads_is_timed_out_and_its_place_freed(spool_dir: Path) -> None:
+    """Its 421 cannot go out (it reads nothing): the session is dropped a second later,
+    and the per-IP place it held is free again."""
+    env = {"WILDBOAR_TIMEOUTS_COMMAND": "2", "WILDBOAR_SESSIONS_PER_CLIENT_IP": "1"}
+    with running_worker(spool_dir, env=env) as worker:
+        flood = flooder(worker.port, 45_000)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as sock:
+                    greeting = sock.recv(512)
+                if greeting.startswith(b"220 "):
+                    break
+                assert greeting.startswith(b"421 4.7.0"), greeting
+                assert time.monotonic() < deadline, "the stuck session keeps its place"
+                time.sleep(0.5)
+        finally:
+            flood.close()
+
+
+def test_pipelined_floods_do_not_starve_the_worker_or_other_sessions(spool_dir: Path) -> None:
+    """Sessions pushing hundreds of KB of pipelined commands without reading: the worker
+    handles a bounded number per turn, so its heartbeat and a polite client go on."""
+    with running_worker(spool_dir) as worker:
+        before = rss_kib(worker.proc.pid)
+        floods = [flooder(worker.port, 45_000, f"127.0.0.{2 + i % 4}") for i in range(20)]
+        try:
+            with smtplib.SMTP("127.0.0.1", worker.port, timeout=30) as polite:
+                polite.ehlo("polite.example")
+                for _ in range(5):
+                    started = time.monotonic()
+                    assert polite.noop()[0] == 250
+                    assert time.monotonic() - started < 3.0
+                    worker.receive("heartbeat", timeout=3)
+            assert rss_kib(worker.proc.pid) - before < MEMORY_BOUND_KIB
+        finally:
+            for sock in floods:
+                sock.close()
+
+
+def test_a_bdat_drip_is_timed_out_like_a_data_drip(spool_dir: Path) -> None:
+    """A byte every half second into a BDAT chunk is not progress enough: the data-block
+    timeout (2 s here) ends the session."""
+    env = {"WILDBOAR_TIMEOUTS_DATA_BLOCK": "2"}
+    with (
+        running_worker(spool_dir, env=env) as worker,
+        socket.create_connection(("127.0.0.1", worker.port), timeout=20) as sock,
+    ):
+        file = sock.makefile("rb")
+        file.readline()
+        sock.sendall(b"EHLO drip.example\r\n")
+        while not file.readline().startswith(b"250 "):
+            pass
+        sock.sendall(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n")
+        assert [file.readline()[:3] for _ in range(2)] == [b"250", b"250"]
+        sock.sendall(b"BDAT 5000 LAST\r\n")
+        sock.settimeout(0.5)
+        started = time.monotonic()
+        reply = b""
+        while not reply and time.monotonic() - started < 15:
+            with contextlib.suppress(OSError):
+                sock.send(b"x")
+            with contextlib.suppress(TimeoutError):
+                reply = sock.recv(512)
+        assert reply.startswith(b"421 4.4.2 "), reply
+        assert time.monotonic() - started < 6

@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 
 # Read no more while the core holds this much unparsed input (pipelined commands).
 BACKLOG_HIGH_WATER = 256 * 1024
+# Events handled in one turn of the event loop: a client pipelining thousands of commands
+# in one read must not hold the worker (its heartbeat, every other session) for long.
+EVENTS_PER_TURN = 64
+# Content counts as progress against the data-block timeout once this much has come: a
+# client dripping a byte at a time into BDAT cannot hold a session open for ever.
+PROGRESS_OCTETS = 1024
+# A session told to shut down whose connection is still open this much later (the client
+# does not read the reply) is aborted.
+ABORT_AFTER = 1.0
 SHUTDOWN = smtp.Reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = smtp.Reply(421, "4.4.2", "Error: timeout exceeded")
 TOO_MANY_SESSIONS = smtp.Reply(421, "4.7.0", "Error: too many connections, try again later")
@@ -72,7 +81,13 @@ class Session(asyncio.Protocol):
         self.client_ip = ""
         self.record: M.Connection | None = None
         self.transaction: tuple[str, datetime.datetime] | None = None
-        self.content: list[bytes] = []
+        # One buffer, not a list of pieces: content arriving a byte per read must cost a
+        # byte of memory per byte, not a bytes object per byte.
+        self.content = bytearray()
+        self.progress = 0  # content octets since the deadline was last moved on
+        self.touched_in_data = False  # whether the deadline is a data-block one
+        self.more = False  # events left for a later turn (EVENTS_PER_TURN)
+        self.shutdown_at: float | None = None  # when shutdown() sent its reply
         self.delivering: asyncio.Task[None] | None = None
         self.handoff_expired = False
         self.paused_reasons: set[str] = set()
@@ -139,31 +154,60 @@ class Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._resume("writing")
+        if self.more:  # replies were held back while the client did not read
+            self._continue()
 
     # --- driving the core ---------------------------------------------------------
 
     def _process(self) -> None:
+        """Handle what the core has, at most ``EVENTS_PER_TURN`` events, and none while
+        the client does not read our replies (``pause_writing``): replies to pipelined
+        commands cannot pile up in memory, and the rest waits for a later turn."""
         progressed = False
+        handled = 0
+        self.more = False
         while not self.closed:
+            if handled >= EVENTS_PER_TURN or "writing" in self.paused_reasons:
+                self.more = True
+                break
             event = self.conn.next_event()
             if event is smtp.NEED_DATA or event is smtp.PAUSED:
                 break
-            progressed = True
+            handled += 1
+            if type(event) is smtp.MessageData:
+                self.progress += len(event.data)
+                if self.progress >= PROGRESS_OCTETS:
+                    self.progress = 0
+                    progressed = True
+            else:
+                progressed = True
             self._handle(event)
         replies = self._take_output()
-        if progressed or replies:
-            # The deadline runs per command line or piece of content, not per read: a
-            # client dripping one byte at a time cannot hold a session open for ever.
+        if progressed or (replies and not self.more) or self._in_data() != self.touched_in_data:
+            # The deadline runs per command line or kilobyte of content, not per read: a
+            # client dripping one byte at a time cannot hold a session open for ever. It
+            # also switches to the data-block timeout as content begins (BDAT has no reply
+            # before its chunk is in).
             self._touch()
         self._write(replies)
+        if self.more:
+            self._pause("busy")
+            if "writing" not in self.paused_reasons:
+                asyncio.get_running_loop().call_soon(self._continue)
+        else:
+            self._resume("busy")
         if self.conn.input_backlog > BACKLOG_HIGH_WATER:
             self._pause("backlog")
         else:
             self._resume("backlog")
 
+    def _continue(self) -> None:
+        if not self.closed and self.more and "writing" not in self.paused_reasons:
+            self._process()
+
     def _handle(self, event: smtp.Event) -> None:
         if type(event) is smtp.MessageData:
-            self.content.append(event.data)
+            self.content += event.data
         elif type(event) is smtp.MessageComplete:
             # No pause_reading here: while the question waits the core consumes nothing,
             # and the backlog mark in _process stops reading if the client sends on.
@@ -317,7 +361,7 @@ class Session(asyncio.Protocol):
                 id=message_id,
                 creation_time=now,
                 received=received,
-                content=b"".join(self.content),
+                content=bytes(self.content),
             ),
             rejection=rejection,
         )
@@ -336,10 +380,13 @@ class Session(asyncio.Protocol):
         if not self.paused_reasons and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
+    def _in_data(self) -> bool:
+        return self.conn.state in (smtp.State.DATA, smtp.State.BDAT)
+
     def _touch(self) -> None:
         """Restart the clock for the next command (or the next piece of content)."""
         timeouts = self.worker.config.timeouts
-        in_data = self.conn.state in (smtp.State.DATA, smtp.State.BDAT)
+        self.touched_in_data = in_data = self._in_data()
         self.deadline = self.worker.clock() + (timeouts.data_block if in_data else timeouts.command)
 
     def expired(self, now: float) -> bool:
@@ -354,6 +401,14 @@ class Session(asyncio.Protocol):
         later call, after its greeting question exists."""
         if self.closed or self.delivering is not None or self.transport is None:
             return
+        if self.shutdown_at is not None:
+            # Asked again a second or more later: the reply is still not out, the client
+            # does not read it. Drop the connection and free its place.
+            if self.worker.clock() - self.shutdown_at >= ABORT_AFTER:
+                self.transport.abort()
+            return
+        self.shutdown_at = self.worker.clock()
+        self.paused_reasons.discard("writing")  # the reply goes out whatever is queued
         if self.conn.state is not smtp.State.CLOSED:
             self._answer(reply)
         self._process()
