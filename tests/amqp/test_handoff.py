@@ -23,16 +23,20 @@ from tests.records import NOW, make_message, run
 from wildboar import message as M
 from wildboar.config import Amqp, ConfigError, load
 from wildboar.handoff import LOCAL_PROBLEM, HandoffStartError, Spool
-from wildboar.handoff import amqp as amqp_module
-from wildboar.handoff.amqp import ACCEPTED, REJECTED, AmqpHandoff
+from wildboar.handoff.amqp import ACCEPTED, REJECTED, AmqpHandoff, Pacing
 
 __all__ = ["broker", "private_node"]  # fixtures
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "message.schema.json").read_text())
 
 
-def handoff(b: Broker, tmp_path: Path, **overrides: object) -> AmqpHandoff:
+def handoff(
+    b: Broker, tmp_path: Path, pacing: Pacing | None = None, **overrides: object
+) -> AmqpHandoff:
     return AmqpHandoff(
-        b.settings(**overrides), buffer=str(tmp_path / "buffer"), connection_name=b.prefix
+        b.settings(**overrides),
+        buffer=str(tmp_path / "buffer"),
+        connection_name=b.prefix,
+        pacing=pacing,
     )
 
 
@@ -473,21 +477,19 @@ def test_a_refused_event_or_rejected_record_never_touches_mail(
     broker: Broker,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
     what: str,
 ) -> None:
     """The broker refusing a publish on the side channel (here: its exchange was deleted,
     404; a user without write permission on it gets 403 the same way) closes that channel
     only: mail goes on on the confirm channel, nothing reconnects, and after a back-off the
     side channel is opened and its exchanges declared again."""
-    monkeypatch.setattr(amqp_module, "SIDE_RETRY_MIN", 0.3)
     events = broker.declare_queue("events-tap")
     refused = msgspec.structs.replace(
         make_message(), rejection=M.Rejection(code=550, enhanced="5.5.2", text="bare LF")
     )
 
     async def main() -> list[bool]:
-        amqp = await started(handoff(broker, tmp_path))
+        amqp = await started(handoff(broker, tmp_path, Pacing(side_retry_min=0.3)))
         broker.bind(events, broker.name("events"), "#")
         exchange = broker.name("events") if what == "events" else broker.name(REJECTED)
         broker.channel.exchange_delete(exchange)
@@ -531,12 +533,10 @@ def test_the_drain_backs_off_while_the_broker_refuses_and_keeps_the_buffer(
     broker: Broker,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A queue that rejects every publish (full, reject-publish): the drain tries again
     after a wait that doubles (from DRAIN_IDLE, shortened here), not every DRAIN_IDLE,
     and keeps every buffered message."""
-    monkeypatch.setattr(amqp_module, "DRAIN_IDLE", 0.2)
     messages = [make_message() for _ in range(2)]
 
     async def down() -> list[bool]:
@@ -551,7 +551,9 @@ def test_the_drain_backs_off_while_the_broker_refuses_and_keeps_the_buffer(
         queue = broker.declare_queue(
             "full", {"x-max-length": 0, "x-overflow": "reject-publish", "x-queue-type": "classic"}
         )
-        amqp = handoff(broker, tmp_path, store_and_forward=True, declare_queues=False)
+        amqp = handoff(
+            broker, tmp_path, Pacing(drain_idle=0.2), store_and_forward=True, declare_queues=False
+        )
         await started(amqp)
         broker.bind(queue, broker.name(ACCEPTED), "after.smtp")
         try:

@@ -131,6 +131,15 @@ def queue_arguments(settings: Amqp) -> dict[str, Any]:
     return {"x-queue-type": "classic", "x-queue-mode": "lazy"}
 
 
+@dataclasses.dataclass(frozen=True)
+class Pacing:
+    """How long the handoff waits between its background attempts (the defaults above);
+    a test of the back-off passes shorter ones instead of waiting minutes."""
+
+    drain_idle: float = DRAIN_IDLE
+    side_retry_min: float = SIDE_RETRY_MIN
+
+
 class AmqpHandoff(Handoff):
     """Publish to RabbitMQ with confirms; see the module documentation for the outcomes.
 
@@ -139,8 +148,11 @@ class AmqpHandoff(Handoff):
 
     name = "amqp"
 
-    def __init__(self, settings: Amqp, *, buffer: str, connection_name: str) -> None:
+    def __init__(
+        self, settings: Amqp, *, buffer: str, connection_name: str, pacing: Pacing | None = None
+    ) -> None:
         self.settings = settings
+        self.pacing = pacing or Pacing()
         self.connection_name = connection_name
         self.content_type = (
             CONTENT_TYPE_MSGPACK if settings.format == "msgpack" else CONTENT_TYPE_JSON
@@ -157,7 +169,7 @@ class AmqpHandoff(Handoff):
         # refusing one of those (a permission, a deleted exchange) closes only this one.
         self._side: Any = None
         self._side_retry: asyncio.TimerHandle | None = None
-        self._side_delay = SIDE_RETRY_MIN
+        self._side_delay = self.pacing.side_retry_min
         self._up = asyncio.Event()
         self._blocked = False
         self._closing = False
@@ -482,7 +494,7 @@ class AmqpHandoff(Handoff):
         channel.add_on_return_callback(self._on_return)
         await self._declare(channel)
         self._side = await self._open_channel(connection)
-        self._side_delay = SIDE_RETRY_MIN
+        self._side_delay = self.pacing.side_retry_min
         self._channel = channel
 
     async def _open_channel(self, connection: Any) -> Any:
@@ -629,11 +641,11 @@ class AmqpHandoff(Handoff):
     async def _drain_buffer(self) -> None:
         """Publish buffered messages, oldest first, while the broker takes them; remove
         each from the buffer once confirmed. One worker drains at a time (``Spool.lock``)."""
-        backoff = DRAIN_IDLE
+        backoff = self.pacing.drain_idle
         while not self._closing:
             await self._up.wait()
             if not self.usable:  # connected but blocked by an alarm: nothing to try yet
-                await asyncio.sleep(DRAIN_IDLE)
+                await asyncio.sleep(self.pacing.drain_idle)
                 continue
             try:
                 more = await self._drain_pass()
@@ -641,16 +653,16 @@ class AmqpHandoff(Handoff):
                 report(logging.ERROR, "amqp_drain_failed", buffer=self.buffer_path, why=str(error))
                 more = None
             if more:
-                backoff = DRAIN_IDLE
+                backoff = self.pacing.drain_idle
                 continue
             if more is None:  # the broker refused (or the buffer failed): back off
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, DRAIN_BACKOFF_MAX)
                 continue
-            backoff = DRAIN_IDLE
+            backoff = self.pacing.drain_idle
             self._drain_wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DRAIN_IDLE):
+                async with asyncio.timeout(self.pacing.drain_idle):
                     await self._drain_wake.wait()
 
     async def _drain_pass(self) -> bool | None:
