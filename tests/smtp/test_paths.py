@@ -8,6 +8,8 @@ Every case runs in a fresh session, so no error budget is shared between cases.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.smtp.client import Client, session
 from wildboar import smtp
@@ -578,3 +580,54 @@ def test_utf8_when_smtputf8_not_offered(bytewise: bool) -> None:
     assert [status.split()[0] for status in reply] == ["501"]
     _, reply = rcpt(bytewise, "TO:<ü@example.org>", extensions=ext)
     assert [status.split()[0] for status in reply] == ["501"]
+
+
+# --- the common path and the general one agree ---------------------------------------
+# A path with no parameter takes a shortcut in the parser; the same path with a parameter
+# (SIZE for MAIL, NOTIFY for RCPT) cannot. Generated paths near every edge of the grammar
+# (label and part lengths, hyphens and dots at the ends, quotes, brackets, non-ASCII,
+# keyword case) must get the same reply and the same mailbox either way.
+
+_PATH_CHARS = st.sampled_from(list("abcXYZ019-._+!#'=/?^`{|}~") + ['"', "\\", "@", "<", "é", "K"])
+_LABELS = st.one_of(
+    st.text(st.sampled_from(list("aZ9-")), min_size=0, max_size=4),
+    st.builds(lambda n, c: c * n, st.integers(60, 66), st.sampled_from(["a", "-", "9"])),
+)
+
+
+@st.composite
+def _paths(draw: st.DrawFn) -> str:
+    local = draw(
+        st.one_of(
+            st.text(_PATH_CHARS, min_size=0, max_size=6),
+            st.builds(lambda n: "l" * n, st.integers(62, 66)),
+        )
+    )
+    domain = ".".join(draw(st.lists(_LABELS, min_size=1, max_size=5)))
+    if draw(st.booleans()):
+        domain = ".".join([domain] + ["d" * 60] * draw(st.integers(0, 4)))
+    return f"<{local}@{domain}>" if draw(st.integers(0, 9)) else f"<{local}{domain}>"
+
+
+def _outcome(client: Client, reply: list[str], kind: type) -> tuple[list[str], str | None]:
+    found = [event for event in client.events if isinstance(event, kind)]
+    if not found:
+        return reply, None
+    event = found[-1]
+    return reply, event.sender if isinstance(event, smtp.MailFrom) else event.recipient
+
+
+@given(path=_paths(), keyword=st.sampled_from(["FROM:", "from:", "From:", "FROM:\u017f"]))
+@settings(max_examples=400, deadline=None)
+def test_mail_shortcut_agrees_with_the_general_parser(path: str, keyword: str) -> None:
+    plain = _outcome(*mail(False, keyword + path), smtp.MailFrom)
+    general = _outcome(*mail(False, f"{keyword}{path} SIZE=10"), smtp.MailFrom)
+    assert plain == general
+
+
+@given(path=_paths(), keyword=st.sampled_from(["TO:", "to:", "tO:", "TO:\u212a"]))
+@settings(max_examples=400, deadline=None)
+def test_rcpt_shortcut_agrees_with_the_general_parser(path: str, keyword: str) -> None:
+    plain = _outcome(*rcpt(False, keyword + path), smtp.RcptTo)
+    general = _outcome(*rcpt(False, f"{keyword}{path} NOTIFY=NEVER"), smtp.RcptTo)
+    assert plain == general

@@ -14,7 +14,11 @@ from typing import cast
 
 from . import replies as R
 from ._abnf import (
+    _ATEXT,
     ATOM,
+    MAX_DOMAIN,
+    MAX_LOCAL_PART,
+    MAX_PATH,
     GrammarError,
     decode_utf8_xtext,
     decode_xtext,
@@ -48,6 +52,37 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 MAX_ENVID = 100  # RFC 3461 §4.4
 MAX_ORCPT = 500  # RFC 3461 §4.2
 MAX_NOTIFY = 28  # RFC 3461 §5.4
+
+
+# The common path, whole: an ASCII dot-atom local part at a host name, no source route, no
+# parameters (``FROM:<user@example.org>``). Everything it matches, the general parser below
+# accepts with the same mailbox (tests/smtp/test_paths.py checks that over generated
+# paths); everything else takes the general parser, which also finds the right refusal.
+# Labels are bounded to 63 octets in the pattern (RFC 1035 §2.3.4); the local part and the
+# domain are measured after the match. The keywords are spelled out case by case: a
+# case-insensitive pattern would also match non-ASCII letters that fold to ASCII ones.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SIMPLE = (
+    rf"<(?P<mailbox>(?P<local>[{_ATEXT}]+(?:\.[{_ATEXT}]+)*)"
+    rf"@(?P<domain>{_LABEL}(?:\.{_LABEL})*))>"
+)
+_SIMPLE_MAIL = re.compile(f"[Ff][Rr][Oo][Mm]:{_SIMPLE}")
+_SIMPLE_RCPT = re.compile(f"[Tt][Oo]:{_SIMPLE}")
+
+
+def _simple(pattern: re.Pattern[str], args: str) -> str | None:
+    """The mailbox of ``args`` if it takes the common path, else None."""
+    match = pattern.fullmatch(args)
+    if match is None:
+        return None
+    mailbox = match["mailbox"]
+    if (
+        len(mailbox) + 2 > MAX_PATH
+        or len(match["local"]) > MAX_LOCAL_PART
+        or len(match["domain"]) > MAX_DOMAIN
+    ):
+        return None  # the general parser names the problem
+    return mailbox
 
 
 def decode(line: bytes, *, utf8_ok: bool) -> tuple[str, str] | Reply:
@@ -146,6 +181,9 @@ def parse_mail(
     args: str, ext: Extensions, *, extended: bool, max_size: int
 ) -> tuple[str, MailParams] | Reply:
     """``FROM:<reverse-path> [params]`` into (sender, params); ``""`` is the null sender."""
+    simple = _simple(_SIMPLE_MAIL, args)
+    if simple is not None:
+        return simple, _NO_MAIL_PARAMS
     split = _path(args, "FROM:")
     if split is None:
         return R.SYNTAX_MAIL
@@ -246,6 +284,9 @@ def parse_rcpt(
 
     RFC 5321 §4.1.1.3: ``<Postmaster>`` without a domain "MUST be accepted".
     """
+    simple = _simple(_SIMPLE_RCPT, args)
+    if simple is not None:
+        return simple, _NO_RCPT_PARAMS
     split = _path(args, "TO:")
     if split is None:
         return R.SYNTAX_RCPT
