@@ -28,34 +28,36 @@ class ReceiveBuffer:
     """Bytes received and not yet consumed."""
 
     def __init__(self) -> None:
-        self._data = bytearray()
+        #: The bytes themselves; read directly on hot paths (``len(buf.data)``), changed
+        #: only through the methods below.
+        self.data = bytearray()
         # Discarding the rest of an over-long command line until its CRLF.
         self._discarding = False
         # The discarded line's last byte was CR (its LF may come next).
         self._discard_cr = False
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
     def append(self, data: bytes) -> None:
-        self._data += data
+        self.data += data
 
     def take(self, count: int) -> bytes:
         # One copy, through a view (a slice of the bytearray would be a second one); the
         # view is gone before the delete, which a live export would forbid.
-        with memoryview(self._data) as view:
+        with memoryview(self.data) as view:
             piece = bytes(view[:count])
-        del self._data[:count]
+        del self.data[:count]
         return piece
 
     def peek(self, count: int) -> bytes:
-        return bytes(self._data[:count])
+        return bytes(self.data[:count])
 
     def find(self, needle: bytes, start: int = 0, end: int | None = None) -> int:
-        return self._data.find(needle, start, len(self._data) if end is None else end)
+        return self.data.find(needle, start, len(self.data) if end is None else end)
 
     def rfind(self, needle: bytes, end: int) -> int:
-        return self._data.rfind(needle, 0, end)
+        return self.data.rfind(needle, 0, end)
 
     def next_line(self, limit: int) -> bytes | LineError | None:
         """The next command line without its CRLF, a ``LineError``, or None for more data.
@@ -65,20 +67,20 @@ class ReceiveBuffer:
         """
         if self._discarding and not self._discard():
             return None
-        lf = self._data.find(b"\n", 0, limit)
+        lf = self.data.find(b"\n", 0, limit)
         if lf == -1:
             return self._incomplete_line(limit)
-        if lf == 0 or self._data[lf - 1] != 0x0D or self._data.find(b"\r", 0, lf - 1) != -1:
+        if lf == 0 or self.data[lf - 1] != 0x0D or self.data.find(b"\r", 0, lf - 1) != -1:
             return LineError.BARE_NEWLINE
-        line = bytes(self._data[: lf - 1])
-        del self._data[: lf + 1]
+        line = bytes(self.data[: lf - 1])
+        del self.data[: lf + 1]
         return line
 
     def _incomplete_line(self, limit: int) -> LineError | None:
-        cr = self._data.find(b"\r", 0, limit)
-        if cr != -1 and cr + 1 < len(self._data) and self._data[cr + 1] != 0x0A:
+        cr = self.data.find(b"\r", 0, limit)
+        if cr != -1 and cr + 1 < len(self.data) and self.data[cr + 1] != 0x0A:
             return LineError.BARE_NEWLINE  # a CR followed by something other than LF
-        if len(self._data) < limit:
+        if len(self.data) < limit:
             return None
         self._discarding = True
         self._discard_cr = False
@@ -86,16 +88,16 @@ class ReceiveBuffer:
 
     def _discard(self) -> bool:
         """Drop the over-long line's bytes; True once its CRLF has gone too."""
-        if self._discard_cr and self._data[:1] == b"\n":
-            del self._data[:1]
+        if self._discard_cr and self.data[:1] == b"\n":
+            del self.data[:1]
             self._discarding = False
             return True
-        end = self._data.find(CRLF)
+        end = self.data.find(CRLF)
         if end == -1:
-            self._discard_cr = self._data[-1:] == b"\r"
-            self._data.clear()
+            self._discard_cr = self.data[-1:] == b"\r"
+            self.data.clear()
             return False
-        del self._data[: end + 2]
+        del self.data[: end + 2]
         self._discarding = False
         return True
 

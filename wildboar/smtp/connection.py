@@ -142,11 +142,11 @@ class ServerConnection:
     @property
     def input_backlog(self) -> int:
         """Bytes received and not yet consumed; the I/O layer pauses reading above a mark."""
-        return len(self._buf)
+        return len(self._buf.data)
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client closed its side."""
-        if self.state is State.CLOSED:
+        if self._machine.state is State.CLOSED:
             return
         if data:
             self._buf.append(data)
@@ -156,13 +156,14 @@ class ServerConnection:
     def next_event(self) -> Event | Wait:
         """The next event, ``NEED_DATA``, or ``PAUSED`` while a question waits for its answer
         (and for good once the connection is closed)."""
+        events = self._events
         while True:
-            if self._events:
-                event = self._events.popleft()
+            if events:
+                event = events.popleft()
                 if event is self._pending:
                     self._asked = True
                 return event
-            if self._pending is not None or self.state is State.CLOSED:
+            if self._pending is not None or self._machine.state is State.CLOSED:
                 return PAUSED
             if not self._step():
                 return NEED_DATA
@@ -217,7 +218,7 @@ class ServerConnection:
             return
         self._machine.fire(Trigger.GREET)
         self._out.append(plain_lines(220, [f"{self.hostname} {answer.text or self.banner}"]))
-        if len(self._buf):
+        if len(self._buf.data):
             self._desync()  # the client spoke before the greeting
 
     def _answer_hello(self, question: Hello, answer: Answer) -> None:
@@ -261,7 +262,7 @@ class ServerConnection:
         )
         self._txn = _Transaction(question.sender, question.params, checker)
         self._machine.fire(Trigger.MAIL)
-        self._reply(_accepted(R.MAIL_OK, answer))
+        self._out.append(_accepted(R.MAIL_OK, answer))
 
     def _answer_rcpt(self, question: RcptTo, answer: Answer) -> None:
         if isinstance(answer, Reply):
@@ -270,13 +271,13 @@ class ServerConnection:
         assert self._txn is not None
         self._txn.recipients.append(Recipient(question.recipient, question.params))
         self._machine.fire(Trigger.RCPT)
-        self._reply(_accepted(R.RCPT_OK, answer))
+        self._out.append(_accepted(R.RCPT_OK, answer))
 
     def _answer_message(self, answer: Answer) -> None:
         if isinstance(answer, Reply):
             self._reply(answer, close="local")
         else:
-            self._reply(_accepted(R.OK, answer))
+            self._out.append(_accepted(R.OK, answer))
 
     def _drop_question(self) -> None:
         if self._pending is not None and not self._asked:
@@ -289,9 +290,10 @@ class ServerConnection:
         """Consume some input; False when nothing can be done without more bytes."""
         if self._skip is not None:
             return self._step_skip(self._skip)
-        if self.state is State.DATA:
+        state = self._machine.state
+        if state is State.DATA:
             return self._step_data()
-        if self.state is State.BDAT:
+        if state is State.BDAT:
             return self._step_bdat()
         return self._step_command()
 
@@ -331,14 +333,14 @@ class ServerConnection:
         if isinstance(verb, Reply):
             self._error(verb)
         elif (
-            len(self._buf)
+            len(self._buf.data)
             and (verb in LAST_IN_GROUP or not self._pipelining())
             and verb is not Verb.QUIT
             and verb is not Verb.BDAT
         ):
             self._desync()
-        elif (self.state, verb) in SEQUENCE:
-            self._error(SEQUENCE[self.state, verb])
+        elif (self._machine.state, verb) in SEQUENCE:
+            self._error(SEQUENCE[self._machine.state, verb])
         else:
             _HANDLERS[verb](self, decoded[1])
 
@@ -400,10 +402,11 @@ class ServerConnection:
             self._reply(R.BDAT_SYNTAX, close="error")  # the chunk's end cannot be known
             return
         size, last = parsed
-        refusal = BDAT_SEQUENCE.get(self.state) if self.state is State.REFUSED else None
+        state = self._machine.state
+        refusal = BDAT_SEQUENCE.get(state) if state is State.REFUSED else None
         if refusal is None and not (self._extended and self.extensions.chunking):
             refusal = R.BDAT_NOT_OFFERED
-        refusal = refusal or BDAT_SEQUENCE.get(self.state)
+        refusal = refusal or BDAT_SEQUENCE.get(state)
         if refusal is not None:
             self._skip = _Skip(size, refusal, None, counts=True)
         else:
@@ -464,7 +467,7 @@ class ServerConnection:
         return True
 
     def _step_bdat(self) -> bool:
-        take = min(self._chunk_left, len(self._buf), self.limits.data_chunk)
+        take = min(self._chunk_left, len(self._buf.data), self.limits.data_chunk)
         if take == 0 and self._chunk_left:
             return self._end_of_input()
         self._chunk_left -= take
@@ -474,7 +477,7 @@ class ServerConnection:
         return True
 
     def _step_skip(self, skip: _Skip) -> bool:
-        take = min(skip.left, len(self._buf))
+        take = min(skip.left, len(self._buf.data))
         if take == 0 and skip.left:
             return self._end_of_input()
         self._buf.take(take)
@@ -522,7 +525,8 @@ class ServerConnection:
 
     def _check_chunk_sync(self) -> None:
         # Without PIPELINING the client must wait for each chunk's reply.
-        if len(self._buf) and not self._pipelining() and self.state is not State.CLOSED:
+        closed = self._machine.state is State.CLOSED
+        if len(self._buf.data) and not self._pipelining() and not closed:
             self._desync()
 
     def _end_of_message(self) -> None:
@@ -588,17 +592,18 @@ class ServerConnection:
             self._events.append(TransactionAborted(reason))
 
     def _close(self, reason: CloseReason) -> None:
-        if self.state is State.CLOSED:
+        if self._machine.state is State.CLOSED:
             return
-        if self.state in IN_TRANSACTION or self._txn is not None:
+        if self._machine.state in IN_TRANSACTION or self._txn is not None:
             self._abort("closed")
         self._skip = None
         self._machine.fire(Trigger.CLOSE)
         self._events.append(ConnectionClosed(reason))
 
 
-def _accepted(default: Reply, answer: Accept) -> Reply:
-    return default if answer.text is None else Reply(default.code, default.status, answer.text)
+def _accepted(default: Reply, answer: Accept) -> bytes:
+    """The wire form of an accepting reply (never one that closes the session)."""
+    return default.to_bytes() if answer.text is None else default.with_text(answer.text)
 
 
 _HANDLERS = {

@@ -57,13 +57,22 @@ class Reply(msgspec.Struct, frozen=True, dict=True):
     def lines(self) -> tuple[str, ...]:
         return (self.text,) if isinstance(self.text, str) else self.text
 
-    @property
+    @functools.cached_property
     def closes(self) -> bool:
         """Whether the server closes the connection after sending this reply."""
         return self.code in (221, 421, 521)
 
     def to_bytes(self) -> bytes:
         return self._wire
+
+    def with_text(self, text: str) -> bytes:
+        """The wire form of this reply's code and status with ``text`` instead, checked as
+        the constructor checks it (one line of printable US-ASCII). Cheaper than a new
+        ``Reply`` for a text used once, such as a queue id."""
+        if not _TEXT.fullmatch(text):
+            raise LocalProtocolError("reply text must be printable US-ASCII on one line")
+        prefix = f"{self.status} " if self.status else ""
+        return f"{self.code} {prefix}{text}\r\n".encode("ascii")
 
     @functools.cached_property
     def _wire(self) -> bytes:
