@@ -62,7 +62,7 @@ class Worker:
         self.messages = 0
         self.draining = asyncio.Event()
         self.drain_deadline = config.timeouts.drain
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._backoff = ACCEPT_BACKOFF_MIN
         self._rejecting = [h for h in handoffs if type(h).rejected is not Handoff.rejected]
         for handoff in handoffs:
@@ -70,7 +70,7 @@ class Worker:
                 add_sink(handoff.event)
 
     def clock(self) -> float:
-        return self._loop.time()
+        return self.loop.time()
 
     # --- running -------------------------------------------------------------------
 
@@ -81,10 +81,10 @@ class Worker:
         sweeper = asyncio.create_task(self._sweep())
         heartbeat = asyncio.create_task(self._heartbeat())
         if self.control is not None:
-            self._loop.add_reader(self.control.fileno(), self._on_control)
+            self.loop.add_reader(self.control.fileno(), self._on_control)
         # The supervisor decides; a terminal's Ctrl-C reaches the whole process group.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self._loop.add_signal_handler(signal.SIGTERM, self.draining.set)
+        self.loop.add_signal_handler(signal.SIGTERM, self.draining.set)
         log(
             "worker_ready",
             server=self.id,
@@ -113,7 +113,7 @@ class Worker:
     def _listen(self, name: str, sock: socket.socket) -> None:
         """Accept in a reader callback, not a task: stopping (``remove_reader``) can then
         never drop a connection that the kernel already handed over."""
-        self._loop.add_reader(sock.fileno(), self._accept, name, sock)
+        self.loop.add_reader(sock.fileno(), self._accept, name, sock)
 
     def _accept(self, name: str, sock: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -131,8 +131,8 @@ class Worker:
 
     def _back_off(self, name: str, sock: socket.socket, error: OSError) -> None:
         log("accept_backoff", level=30, server=self.id, error=os.strerror(error.errno or 0))
-        self._loop.remove_reader(sock.fileno())
-        self._loop.call_later(self._backoff, self._resume_accepting, name, sock)
+        self.loop.remove_reader(sock.fileno())
+        self.loop.call_later(self._backoff, self._resume_accepting, name, sock)
         self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
 
     def _resume_accepting(self, name: str, sock: socket.socket) -> None:
@@ -148,11 +148,11 @@ class Worker:
         self.sessions.add(session)
         self.per_ip[ip] += 1
         session.client_ip = ip
-        self._loop.create_task(self._connect(session, conn))
+        self.loop.create_task(self._connect(session, conn))
 
     async def _connect(self, session: Session, conn: socket.socket) -> None:
         try:
-            await self._loop.connect_accepted_socket(lambda: session, conn)
+            await self.loop.connect_accepted_socket(lambda: session, conn)
         except OSError:
             self.session_closed(session)
             conn.close()
@@ -236,7 +236,7 @@ class Worker:
 
     def _lost_supervisor(self) -> None:
         if self.control is not None:
-            self._loop.remove_reader(self.control.fileno())
+            self.loop.remove_reader(self.control.fileno())
             self.control.close()
             self.control = None
         log("supervisor_lost", level=30, server=self.id)
@@ -247,7 +247,7 @@ class Worker:
     async def _drain(self) -> None:
         for _, sock in self.listeners:
             with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(sock.fileno())
+                self.loop.remove_reader(sock.fileno())
             sock.close()
         self._send({"type": "stopping"})
         log(

@@ -39,6 +39,10 @@ PROGRESS_OCTETS = 1024
 # A session told to shut down whose connection is still open this much later (the client
 # does not read the reply) is aborted.
 ABORT_AFTER = 1.0
+# States in which the session reads message content (the data-block timeout applies).
+IN_DATA = frozenset({smtp.State.DATA, smtp.State.BDAT})
+Wait = smtp.Wait
+MessageData = smtp.MessageData
 SHUTDOWN = smtp.Reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = smtp.Reply(421, "4.4.2", "Error: timeout exceeded")
 TOO_MANY_SESSIONS = smtp.Reply(421, "4.7.0", "Error: too many connections, try again later")
@@ -163,18 +167,38 @@ class Session(asyncio.Protocol):
         """Handle what the core has, at most ``EVENTS_PER_TURN`` events, and none while
         the client does not read our replies (``pause_writing``): replies to pipelined
         commands cannot pile up in memory, and the rest waits for a later turn."""
+        conn = self.conn
+        progressed = self._handle_events(conn)
+        output = self._output
+        output.append(conn.data_to_send())
+        replies = b"".join(output)
+        output.clear()
+        in_data = conn.state in IN_DATA
+        if progressed or (replies and not self.more) or in_data is not self.touched_in_data:
+            # The deadline runs per command line or kilobyte of content, not per read: a
+            # client dripping one byte at a time cannot hold a session open for ever. It
+            # also switches to the data-block timeout as content begins (BDAT has no reply
+            # before its chunk is in).
+            self._touch(in_data)
+        if replies and self.transport is not None and not self.closed:
+            self.transport.write(replies)
+        self._flow(conn)
+
+    def _handle_events(self, conn: smtp.ServerConnection) -> bool:
+        """Handle the core's events for this turn; whether the client made progress."""
+        paused = self.paused_reasons
         progressed = False
         handled = 0
         self.more = False
         while not self.closed:
-            if handled >= EVENTS_PER_TURN or "writing" in self.paused_reasons:
+            if handled >= EVENTS_PER_TURN or (paused and "writing" in paused):
                 self.more = True
                 break
-            event = self.conn.next_event()
-            if event is smtp.NEED_DATA or event is smtp.PAUSED:
+            event = conn.next_event()
+            if isinstance(event, Wait):  # NEED_DATA or PAUSED
                 break
             handled += 1
-            if type(event) is smtp.MessageData:
+            if type(event) is MessageData:
                 self.progress += len(event.data)
                 if self.progress >= PROGRESS_OCTETS:
                     self.progress = 0
@@ -182,23 +206,20 @@ class Session(asyncio.Protocol):
             else:
                 progressed = True
             self._handle(event)
-        replies = self._take_output()
-        if progressed or (replies and not self.more) or self._in_data() != self.touched_in_data:
-            # The deadline runs per command line or kilobyte of content, not per read: a
-            # client dripping one byte at a time cannot hold a session open for ever. It
-            # also switches to the data-block timeout as content begins (BDAT has no reply
-            # before its chunk is in).
-            self._touch()
-        self._write(replies)
+        return progressed
+
+    def _flow(self, conn: smtp.ServerConnection) -> None:
+        """Pause reading while events wait for a later turn or input piles up."""
+        paused = self.paused_reasons
         if self.more:
             self._pause("busy")
-            if "writing" not in self.paused_reasons:
-                asyncio.get_running_loop().call_soon(self._continue)
-        else:
+            if "writing" not in paused:
+                self.worker.loop.call_soon(self._continue)
+        elif paused:
             self._resume("busy")
-        if self.conn.input_backlog > BACKLOG_HIGH_WATER:
+        if conn.input_backlog > BACKLOG_HIGH_WATER:
             self._pause("backlog")
-        else:
+        elif paused:
             self._resume("backlog")
 
     def _continue(self) -> None:
@@ -211,7 +232,7 @@ class Session(asyncio.Protocol):
         elif type(event) is smtp.MessageComplete:
             # No pause_reading here: while the question waits the core consumes nothing,
             # and the backlog mark in _process stops reading if the client sends on.
-            self.delivering = asyncio.get_running_loop().create_task(self._deliver(event))
+            self.delivering = self.worker.loop.create_task(self._deliver(event))
         elif type(event) is smtp.MailFrom:
             refusal = self.worker.refusal("mail")
             if refusal is not None:
@@ -380,13 +401,12 @@ class Session(asyncio.Protocol):
         if not self.paused_reasons and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    def _in_data(self) -> bool:
-        return self.conn.state in (smtp.State.DATA, smtp.State.BDAT)
-
-    def _touch(self) -> None:
+    def _touch(self, in_data: bool | None = None) -> None:
         """Restart the clock for the next command (or the next piece of content)."""
+        if in_data is None:
+            in_data = self.conn.state in IN_DATA
         timeouts = self.worker.config.timeouts
-        self.touched_in_data = in_data = self._in_data()
+        self.touched_in_data = in_data
         self.deadline = self.worker.clock() + (timeouts.data_block if in_data else timeouts.command)
 
     def expired(self, now: float) -> bool:
