@@ -235,13 +235,21 @@ class ContentChecker:
 
     def _count_received(self, lines: list[bytes]) -> None:
         # lines[:-1] ended with CRLF in this piece; the first continues the partial line.
-        for index, line in enumerate(lines[:-1]):
-            head = self._line_head + line if index == 0 else line
-            if not head:
-                self._in_headers = False
-                return
-            if head[:9].lower() == b"received:":
-                self._received += 1
+        complete = lines[:-1]
+        if not complete:
+            return
+        head = self._line_head + complete[0]
+        if not head:
+            self._in_headers = False
+            return
+        if head[:9].lower() == b"received:":
+            self._received += 1
+        rest = complete[1:]
+        if b"" in rest:  # the empty line that ends the header section
+            rest = rest[: rest.index(b"")]
+            self._in_headers = False
+        if rest:  # the fields that start a line, counted in one pass
+            self._received += (b"\n" + b"\n".join(rest)).lower().count(b"\nreceived:")
 
     def _advance(self, lines: list[bytes]) -> None:
         if len(lines) == 1:

@@ -66,6 +66,10 @@ CONTENT_REPLIES: dict[ContentError, Reply] = {
     ContentError.LINE_TOO_LONG: R.TEXT_LINE_TOO_LONG,
     ContentError.TOO_MANY_HOPS: R.TOO_MANY_HOPS,
 }
+# States that can move on with no input at all: an empty BDAT chunk (``BDAT 0 LAST``).
+# Everywhere else (but for an empty chunk being dropped, ``_skip``) an empty buffer means
+# waiting for the client.
+_EMPTY_INPUT_STEPS = frozenset({State.BDAT})
 CloseReason = Literal["quit", "eof", "refused", "error", "local"]
 
 
@@ -163,8 +167,16 @@ class ServerConnection:
                 if event is self._pending:
                     self._asked = True
                 return event
-            if self._pending is not None or self._machine.state is State.CLOSED:
+            state = self._machine.state
+            if self._pending is not None or state is State.CLOSED:
                 return PAUSED
+            if (
+                not self._buf.data
+                and not self._eof
+                and state not in _EMPTY_INPUT_STEPS
+                and self._skip is None
+            ):
+                return NEED_DATA  # nothing to parse (a BDAT chunk, read or dropped, may be empty)
             if not self._step():
                 return NEED_DATA
 
