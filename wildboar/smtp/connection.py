@@ -322,19 +322,15 @@ class ServerConnection:
             return self._end_of_input()
         if line is LineError.BARE_NEWLINE:
             self._reply(R.BARE_NEWLINE_COMMAND, close="error")
-        elif self._count_command():
-            if line is LineError.TOO_LONG:
-                self._error(R.LINE_TOO_LONG)
-            else:
-                self._command(line)
-        return True
-
-    def _count_command(self) -> bool:
-        self._commands += 1
-        if self._commands <= self.limits.commands:
             return True
-        self._reply(R.TOO_MANY_COMMANDS, close="error")
-        return False
+        self._commands += 1  # a too-long line counts; a bare newline ends the session
+        if self._commands > self.limits.commands:
+            self._reply(R.TOO_MANY_COMMANDS, close="error")
+        elif line is LineError.TOO_LONG:
+            self._error(R.LINE_TOO_LONG)
+        else:
+            self._command(line)
+        return True
 
     def _command(self, line: bytes) -> None:
         decoded = C.decode(line, utf8_ok=self._extended and self.extensions.smtputf8)
@@ -344,15 +340,18 @@ class ServerConnection:
         verb = C.classify(decoded[0])
         if isinstance(verb, Reply):
             self._error(verb)
-        elif (
-            len(self._buf.data)
+            return
+        if (
+            self._buf.data
             and (verb in LAST_IN_GROUP or not self._pipelining())
             and verb is not Verb.QUIT
             and verb is not Verb.BDAT
         ):
             self._desync()
-        elif (self._machine.state, verb) in SEQUENCE:
-            self._error(SEQUENCE[self._machine.state, verb])
+            return
+        refusal = SEQUENCE.get((self._machine.state, verb))
+        if refusal is not None:
+            self._error(refusal)
         else:
             _HANDLERS[verb](self, decoded[1])
 

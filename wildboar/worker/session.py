@@ -43,6 +43,7 @@ ABORT_AFTER = 1.0
 IN_DATA = frozenset({smtp.State.DATA, smtp.State.BDAT})
 Wait = smtp.Wait
 MessageData = smtp.MessageData
+ACCEPT = smtp.Accept()
 SHUTDOWN = smtp.Reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = smtp.Reply(421, "4.4.2", "Error: timeout exceeded")
 TOO_MANY_SESSIONS = smtp.Reply(421, "4.7.0", "Error: too many connections, try again later")
@@ -239,15 +240,17 @@ class Session(asyncio.Protocol):
                 self._answer(refusal)
                 return
             self.transaction = (M.new_urn(), _now())
-            self._answer(smtp.Accept())
+            self._answer(ACCEPT)
+        elif type(event) is smtp.RcptTo:
+            self._answer(ACCEPT)
         elif type(event) is smtp.TransactionAborted:
             self._aborted(event)
         elif type(event) is smtp.ConnectionClosed:
             self._close()
         elif type(event) is smtp.ClientConnected:
-            self._answer(self.refuse or self.worker.refusal("connect") or smtp.Accept())
+            self._answer(self.refuse or self.worker.refusal("connect") or ACCEPT)
         else:
-            self._answer(smtp.Accept())
+            self._answer(ACCEPT)
 
     def _answer(self, answer: smtp.Answer) -> None:
         # Collected, not written: the replies to a pipelined group leave in one write.
@@ -407,7 +410,9 @@ class Session(asyncio.Protocol):
             in_data = self.conn.state in IN_DATA
         timeouts = self.worker.config.timeouts
         self.touched_in_data = in_data
-        self.deadline = self.worker.clock() + (timeouts.data_block if in_data else timeouts.command)
+        self.deadline = self.worker.loop.time() + (
+            timeouts.data_block if in_data else timeouts.command
+        )
 
     def expired(self, now: float) -> bool:
         """Past the deadline: of the next command or piece of content, or of the handoff
