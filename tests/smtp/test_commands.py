@@ -116,6 +116,20 @@ def test_accept_text_is_the_queue_reply() -> None:
     assert client.send(MESSAGE + b".\r\n") == b"250 2.0.0 Ok: queued as 42\r\n"
 
 
+@pytest.mark.parametrize("text", ["queued\r\n250 2.0.0 smuggled", "queued as caf\u00e9"])
+def test_accept_text_that_is_not_one_ascii_line_is_a_caller_mistake(text: str) -> None:
+    conn = smtp.ServerConnection("mx.example.org")
+    conn.next_event()
+    conn.send(smtp.Accept())
+    conn.receive_data(b"EHLO a.example\r\n")
+    conn.next_event()
+    conn.send(smtp.Accept())
+    conn.receive_data(b"MAIL FROM:<a@example.net>\r\n")
+    assert isinstance(conn.next_event(), smtp.MailFrom)
+    with pytest.raises(smtp.LocalProtocolError):
+        conn.send(smtp.Accept(text))
+
+
 def test_policy_refusals_reach_the_client_and_keep_the_state() -> None:
     def policy(question: smtp.Question) -> smtp.Answer:
         if isinstance(question, smtp.RcptTo) and question.recipient.startswith("nobody"):

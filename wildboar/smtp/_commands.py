@@ -9,6 +9,7 @@ validated and decoded here, so events carry only well-formed values.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import cast
 
@@ -16,7 +17,6 @@ from . import replies as R
 from ._abnf import (
     _ATEXT,
     ATOM,
-    MAX_DOMAIN,
     MAX_LOCAL_PART,
     MAX_PATH,
     GrammarError,
@@ -54,18 +54,21 @@ MAX_ORCPT = 500  # RFC 3461 §4.2
 MAX_NOTIFY = 28  # RFC 3461 §5.4
 
 
-# The common path, whole: an ASCII dot-atom local part at a host name, no source route, no
-# parameters (``FROM:<user@example.org>``). Everything it matches, the general parser below
-# accepts with the same mailbox (tests/smtp/test_paths.py checks that over generated
-# paths); everything else takes the general parser, which also finds the right refusal.
-# Labels are bounded to 63 octets in the pattern (RFC 1035 §2.3.4); the local part and the
-# domain are measured after the match. The keywords are spelled out case by case: a
+# The common path: an ASCII dot-atom local part at a host name, no source route
+# (``<user@example.org>``), checked by one pattern; with no parameters the whole argument is
+# (``FROM:<user@example.org>``). Everything it matches, the full grammar of ``_abnf`` accepts
+# with the same mailbox (tests/smtp/test_paths.py checks that over generated paths against
+# the UTF-8 grammar, which SMTPUTF8 transactions use and which reads ASCII alike);
+# everything else takes the full grammar, which also finds the right refusal.
+# Labels are bounded to 63 octets in the pattern (RFC 1035 §2.3.4); the path and the local
+# part are measured after the match. The keywords are spelled out case by case: a
 # case-insensitive pattern would also match non-ASCII letters that fold to ASCII ones.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _SIMPLE = (
     rf"<(?P<mailbox>(?P<local>[{_ATEXT}]+(?:\.[{_ATEXT}]+)*)"
     rf"@(?P<domain>{_LABEL}(?:\.{_LABEL})*))>"
 )
+_SIMPLE_PATH = re.compile(_SIMPLE)
 _SIMPLE_MAIL = re.compile(f"[Ff][Rr][Oo][Mm]:{_SIMPLE}")
 _SIMPLE_RCPT = re.compile(f"[Tt][Oo]:{_SIMPLE}")
 
@@ -76,12 +79,9 @@ def _simple(pattern: re.Pattern[str], args: str) -> str | None:
     if match is None:
         return None
     mailbox = match["mailbox"]
-    if (
-        len(mailbox) + 2 > MAX_PATH
-        or len(match["local"]) > MAX_LOCAL_PART
-        or len(match["domain"]) > MAX_DOMAIN
-    ):
-        return None  # the general parser names the problem
+    # A path within MAX_PATH has a domain well within MAX_DOMAIN.
+    if len(mailbox) + 2 > MAX_PATH or len(match["local"]) > MAX_LOCAL_PART:
+        return None  # the full grammar names the problem
     return mailbox
 
 
@@ -137,6 +137,10 @@ def _path(args: str, keyword: str) -> tuple[str, str] | None:
 
 
 def _mailbox(path: str, *, utf8: bool, sender: bool) -> str | Reply:
+    if not utf8:
+        simple = _simple(_SIMPLE_PATH, path)
+        if simple is not None:
+            return simple
     try:
         return parse_mailbox_path(path, utf8=utf8)
     except GrammarError as error:
@@ -163,6 +167,7 @@ def _params(text: str, allowed: frozenset[str], *, utf8: bool) -> dict[str, str 
     return found
 
 
+@functools.lru_cache(maxsize=16)
 def mail_keywords(ext: Extensions, *, extended: bool) -> frozenset[str]:
     """MAIL parameters accepted in this session: none after HELO (RFC 1869 §4.5)."""
     if not extended:
@@ -214,16 +219,17 @@ def _mail_params(
         return R.NOT_ASCII  # RFC 5321 §4.1.2
     if smtputf8 and found["SMTPUTF8"] is not None:
         return R.BAD_PARAMETER
-    size = _size(found.get("SIZE"), "SIZE" in found, max_size)
+    # In this order whatever order the client gave them in, absent ones not looked at.
+    size = _size(found["SIZE"], max_size) if "SIZE" in found else None
     if isinstance(size, Reply):
         return size
-    body = _body(found.get("BODY"), "BODY" in found, ext)
+    body = _body(found["BODY"], ext) if "BODY" in found else None
     if isinstance(body, Reply):
         return body
-    ret = _ret(found.get("RET"), "RET" in found)
+    ret = _ret(found["RET"]) if "RET" in found else None
     if isinstance(ret, Reply):
         return ret
-    envid = _envid(found.get("ENVID"), "ENVID" in found)
+    envid = _envid(found["ENVID"]) if "ENVID" in found else None
     if isinstance(envid, Reply):
         return envid
     return MailParams(
@@ -235,18 +241,14 @@ def _mail_params(
     )
 
 
-def _size(value: str | None, present: bool, max_size: int) -> int | Reply | None:
-    if not present:
-        return None
+def _size(value: str | None, max_size: int) -> int | Reply:
     if value is None or not _SIZE.fullmatch(value):
         return R.BAD_PARAMETER
     size = int(value)
     return R.SIZE_EXCEEDED if size > max_size else size
 
 
-def _body(value: str | None, present: bool, ext: Extensions) -> Body | Reply | None:
-    if not present:
-        return None
+def _body(value: str | None, ext: Extensions) -> Body | Reply:
     if value is None:
         return R.BAD_PARAMETER
     body = _upper(value)
@@ -256,17 +258,13 @@ def _body(value: str | None, present: bool, ext: Extensions) -> Body | Reply | N
     return cast(Body, body)
 
 
-def _ret(value: str | None, present: bool) -> Ret | Reply | None:
-    if not present:
-        return None
+def _ret(value: str | None) -> Ret | Reply:
     if value is None or _upper(value) not in ("FULL", "HDRS"):
         return R.BAD_PARAMETER
     return cast(Ret, _upper(value))
 
 
-def _envid(value: str | None, present: bool) -> str | Reply | None:
-    if not present:
-        return None
+def _envid(value: str | None) -> str | Reply:
     if value is None or len(value) > MAX_ENVID:
         return R.BAD_PARAMETER
     try:
