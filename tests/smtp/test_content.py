@@ -403,3 +403,7 @@ def test_binarymime_content_still_counts_received_fields() -> None:
     body = b"Subject: b\r\n\r\n" + b"Received: in the body\r\n" * 10
     client = bdat_session(mail, limits=smtp.Limits(hops=5))
     assert client.round(b"BDAT %d LAST\r\n" % len(body) + body) == ["250 2.0.0"]
+    # Nor is "received:" after a bare LF inside a binary header line: a field starts a line.
+    inside = b"Received: a\r\n" * 5 + b"X-Data: 1\nreceived: 2\nReceived: 3\r\n\r\nbody"
+    client = bdat_session(mail, limits=smtp.Limits(hops=5))
+    assert client.round(b"BDAT %d LAST\r\n" % len(inside) + inside) == ["250 2.0.0"]

@@ -248,7 +248,11 @@ class ContentChecker:
         if b"" in rest:  # the empty line that ends the header section
             rest = rest[: rest.index(b"")]
             self._in_headers = False
-        if rest:  # the fields that start a line, counted in one pass
+        if not rest:
+            return
+        if self._binary:  # a line may hold a bare LF here: look at each line's start
+            self._received += sum(line[:9].lower() == b"received:" for line in rest)
+        else:  # text has no bare LF (checked before), so LF can join the lines
             self._received += (b"\n" + b"\n".join(rest)).lower().count(b"\nreceived:")
 
     def _advance(self, lines: list[bytes]) -> None:
