@@ -282,7 +282,7 @@ def parse_rcpt(
 
     RFC 5321 §4.1.1.3: ``<Postmaster>`` without a domain "MUST be accepted".
     """
-    simple = _simple(_SIMPLE_RCPT, args)
+    simple = None if utf8 else _simple(_SIMPLE_RCPT, args)
     if simple is not None:
         return simple, _NO_RCPT_PARAMS
     split = _path(args, "TO:")
