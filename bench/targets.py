@@ -6,9 +6,10 @@ JSON log lines go from stderr to a file, read from there), the aiosmtpd peer
 for wildboar, how many messages its log says were accepted and how many files its spool holds.
 Must not know: SMTP, the scenarios, the figures.
 Security: when run as root, wildboar's workers and smtp-sink drop to ``nobody`` (as the test
-suite does, ``tests/unprivileged.py``); the spool is a fresh directory under /tmp, removed
-by ``stop()``. Every process is started in its own session and killed with its group if it
-does not stop in time, so nothing is left running.
+suite does, ``tests/unprivileged.py``); the spool is a fresh directory under ``$TMPDIR``
+(/tmp when unset; the spool is measured on that filesystem), removed by ``stop()``. Every
+process is started in its own session and killed with its group if it does not stop in
+time, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -280,7 +281,8 @@ class Wildboar(Target):
         self.port = int(listening["port"])
 
     def _make_spool(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="wildboar-bench-", dir="/tmp"))
+        # Under $TMPDIR (/tmp by default): the spool is measured on that filesystem.
+        self.base = Path(tempfile.mkdtemp(prefix="wildboar-bench-"))
         self.base.chmod(0o755)
         self.spool.mkdir()
         if AS_ROOT:
