@@ -1,14 +1,19 @@
 """``python -m supervisor`` / ``wildboar-supervisor``: start-up, then the arbiter's loop.
 
-Owns: the order of start-up, which is the security argument: parse the flags, look up the
-run-as user, take the sockets (inherited from systemd, or bound), connect to systemd's
-notification socket, drop privileges for good, check that the worker command can run, and only
-then start workers. Any start-up error is one line on stderr and exit status 1.
+Owns: the order of start-up, which is the security argument: close every inherited
+descriptor but systemd's sockets, move to ``/``, leave root's terminal behind (``relay``),
+parse the flags, look up the run-as user, take the sockets (inherited from systemd, or
+bound), connect to systemd's notification socket, drop privileges for good and every
+capability (root or not), check that the worker command can run, and only then start
+workers. Any start-up error is one line on stderr and exit status 1.
 Must not know: the loop's policies (``arbiter``).
 SECURITY: the only privileged part is between the first line of ``_start`` and
 ``drop_privileges``; it reads the user and group databases and
-``/proc/sys/kernel/cap_last_cap``, nothing else, and no worker exists yet. Systemd's variables
-(``LISTEN_*``, ``NOTIFY_SOCKET``, ``WATCHDOG_*``) are not passed to workers.
+``/proc/sys/kernel/cap_last_cap``, nothing else, and no worker exists yet. Workers get an
+allow-listed environment (``hygiene.worker_environment``): systemd's variables
+(``LISTEN_*``, ``NOTIFY_SOCKET``, ``WATCHDOG_*``) and root's own (``HOME``, tokens) are not
+passed on. Started by root from a terminal, the process root started stays behind as the
+relay (``relay.py``); it is the only part that stays root.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import hygiene, relay
 from .arbiter import Arbiter
 from .exits import EXIT_FAILURE, EXIT_INTERRUPTED, StartupError
-from .log import log
-from .notify import NOTIFY_ENVIRONMENT, Notifier
+from .log import WRITER, log
+from .notify import Notifier
 from .options import PROG, Options, parse_options
 from .privileges import drop_privileges, lookup_identity, running_as_root
-from .sockets import LISTEN_ENVIRONMENT, Listener, bind_all, socket_activated, take_inherited
+from .sockets import Listener, bind_all, socket_activated, take_inherited
 
 
 def _take_listeners(options: Options) -> list[Listener]:
@@ -70,13 +76,18 @@ def _start(argv: Sequence[str]) -> Started:
     listeners = _take_listeners(options)
     notifier = Notifier(os.environ)
     privileges = _drop_if_root(options)
+    hygiene.drop_capabilities()
     _check_worker_command(options.worker_command)
     return Started(options, listeners, notifier, privileges)
 
 
-def _worker_environment() -> dict[str, str]:
-    hidden = set(LISTEN_ENVIRONMENT) | set(NOTIFY_ENVIRONMENT)
-    return {name: value for name, value in os.environ.items() if name not in hidden}
+def _prepare_process() -> None:
+    """Before anything else: no inherited descriptor, no working directory of the caller's,
+    and, for root at a terminal, the split that leaves the terminal behind."""
+    hygiene.close_inherited(os.environ)
+    os.chdir("/")
+    if relay.needed():
+        relay.split()
 
 
 def _log_start(started: Started) -> None:
@@ -92,6 +103,7 @@ def _log_start(started: Started) -> None:
 
 def run(argv: Sequence[str]) -> int:
     try:
+        _prepare_process()
         started = _start(argv)
     except StartupError as error:
         sys.stderr.write(f"{PROG}: {error}\n")
@@ -101,8 +113,12 @@ def run(argv: Sequence[str]) -> int:
     _log_start(started)
     options = started.options
     log("started", pid=os.getpid(), workers=options.workers, command=list(options.worker_command))
-    arbiter = Arbiter(options, started.listeners, started.notifier, _worker_environment())
-    return arbiter.run()
+    environment = hygiene.worker_environment(os.environ, options.pass_env)
+    arbiter = Arbiter(options, started.listeners, started.notifier, environment)
+    try:
+        return arbiter.run()
+    finally:
+        WRITER.flush()
 
 
 def main() -> None:

@@ -6,8 +6,13 @@ SIGKILL on a missed boot or heartbeat deadline, halt instead of crash-looping, g
 rolling restart (HUP), one worker more or less (TTIN/TTOU), and what systemd is told.
 Must not know: how sockets were obtained, how messages are encoded, what a worker serves.
 SECURITY: runs unprivileged (after the drop). Trusts nothing a worker says beyond the counts
-it reports: the pid is Popen's, deadlines are the supervisor's clock, and a worker that does
-not keep them is killed. Every wait is bounded, so the supervisor always exits after a stop.
+it reports: the pid is the one ``posix_spawn`` returned, deadlines are the supervisor's clock,
+and a worker that does not keep them is killed. Signals sent by a worker or any process
+descended from the supervisor (it is their child subreaper, so a double fork does not
+escape) are ignored: a compromised worker cannot make it fork more workers or restart them
+(it is the same user, and could only kill the service, which it can do anyway); TTIN never
+goes beyond ``--workers-max``. Every wait is bounded, so the supervisor always exits after a
+stop; writing its log never blocks (``log.py``).
 
 Limits (seconds unless named):
     BACKOFF_MIN 0.1 doubling to BACKOFF_MAX 30, reset when the dead worker had been ready for
@@ -19,7 +24,9 @@ Limits (seconds unless named):
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
 import selectors
 import signal
 import time
@@ -29,12 +36,20 @@ from typing import Final
 
 from . import control
 from .exits import EXIT_FAILURE, EXIT_OK, WORKER_BOOT_ERROR
-from .log import log
+from .log import WRITER, log
 from .notify import Notifier
 from .options import Options
-from .signals import SignalInbox
+from .signals import Received, SignalInbox
 from .sockets import Listener
-from .workers import Phase, Worker, describe_status, kill, spawn
+from .workers import (
+    Phase,
+    Worker,
+    close_output,
+    describe_status,
+    kill,
+    read_output,
+    spawn,
+)
 
 BACKOFF_MIN: Final = 0.1
 BACKOFF_MAX: Final = 30.0
@@ -46,6 +61,59 @@ STATUS_INTERVAL: Final = 1.0
 TICK: Final = 0.5
 #: A gap this long between two turns of the loop means the supervisor was not running.
 STALL: Final = 3.0
+#: How far up the parent chain a signal's sender is followed to find the supervisor.
+ANCESTRY_DEPTH: Final = 64
+#: A worker's output read at exit, at most this many chunks (it may have left children).
+LAST_WORDS_READS: Final = 16
+_PR_SET_CHILD_SUBREAPER: Final = 36
+
+
+@dataclass(frozen=True)
+class Output:
+    """The selector's key for a worker's output pipe (its channel's key is the worker)."""
+
+    worker: Worker
+
+
+def parent_of(pid: int) -> int | None:
+    """``pid``'s parent from /proc, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None
+    # pid (comm) state ppid ...: comm may hold spaces and parentheses; it ends at the last ")".
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process ``pid`` is a descendant of ``ancestor`` (while both exist)."""
+    for _ in range(ANCESTRY_DEPTH):
+        parent = parent_of(pid)
+        if parent is None or parent <= 1:
+            return False
+        if parent == ancestor:
+            return True
+        pid = parent
+    return False
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants of the workers become the supervisor's children (prctl(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    unused = ctypes.c_ulong(0)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), unused, unused, unused)
+
+
+def journal_stream() -> bool:
+    """Whether stderr is the journal stream systemd gave this process (systemd.exec(5))."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        status = os.fstat(2)
+        return (int(device), int(inode)) == (status.st_dev, status.st_ino)
+    except (ValueError, OSError):
+        return False
 
 
 @dataclass
@@ -101,12 +169,16 @@ class Arbiter:
         self._next_watchdog = 0.0
         self._watchdog_paused = False
         self._messages_retired = 0
+        self._journal = journal_stream()
+        self._signals_dropped = 0
 
     # --- the loop --------------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until stopped or halted; returns the exit status."""
-        self._signals.install()
+        self._signals.install()  # first: every thread started after it has them blocked
+        WRITER.start()
+        become_subreaper()
         self._selector.register(self._signals.fileno(), selectors.EVENT_READ, None)
         now = time.monotonic()
         for index in range(1, self._options.workers + 1):
@@ -153,6 +225,21 @@ class Arbiter:
         for key, _ in self._selector.select(timeout):
             if isinstance(key.data, Worker):
                 self._read_channel(key.data, time.monotonic())
+            elif isinstance(key.data, Output) and not read_output(key.data.worker):
+                self._close_output(key.data.worker)
+
+    def _close_output(self, worker: Worker) -> None:
+        if worker.output >= 0:
+            self._selector.unregister(worker.output)
+            close_output(worker)
+
+    def _last_words(self, worker: Worker) -> None:
+        """What an exited worker wrote and the loop did not read yet (bounded: a child it
+        left behind may hold the pipe open and keep writing)."""
+        for _ in range(LAST_WORDS_READS):
+            if worker.output < 0 or not read_output(worker):
+                break
+        self._close_output(worker)
 
     def _all_workers(self) -> list[Worker]:
         serving = [w for slot in self._slots.values() for w in slot.workers()]
@@ -259,10 +346,26 @@ class Arbiter:
             returncode = worker.process.poll()
             if returncode is not None:
                 self._on_exit(worker, returncode, now)
+        self._reap_orphans()
+
+    def _reap_orphans(self) -> None:
+        """Reap the descendants of workers that were reparented to the supervisor (it is
+        their subreaper); a worker's own exit is left for ``_reap_workers``."""
+        workers = {w.pid for w in self._all_workers()}
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in workers:
+                return
+            os.waitpid(info.si_pid, 0)
+            log("orphan_reaped", pid=info.si_pid, status=info.si_status)
 
     def _on_exit(self, worker: Worker, returncode: int, now: float) -> None:
         if worker.channel_open:  # its last words (a "ready" just before dying) still count
             self._read_channel(worker, now)
+        self._last_words(worker)
         slot, was_successor = self._detach(worker)
         self._close_channel(worker)
         self._messages_retired += worker.messages
@@ -359,6 +462,7 @@ class Arbiter:
                 seq=self._seq,
                 generation=self._generation,
                 now=now,
+                journal=self._journal,
             )
         except OSError as error:
             reason = f"cannot start the worker command {command[0]!r}: {error}"
@@ -370,6 +474,7 @@ class Arbiter:
                 log("worker_spawn_failed", "error", worker=index, reason=reason)
             return None
         self._selector.register(worker.channel, selectors.EVENT_READ, worker)
+        self._selector.register(worker.output, selectors.EVENT_READ, Output(worker))
         log("worker_spawned", **worker.fields(), generation=worker.generation)
         return worker
 
@@ -421,6 +526,9 @@ class Arbiter:
         log("reloading", generation=self._generation, workers=len(self._slots))
 
     def _handle_ttin(self, now: float) -> None:
+        if len(self._slots) >= self._options.workers_max:
+            log("ttin_ignored", "warning", workers=len(self._slots), reason="at --workers-max")
+            return
         index = next(i for i in range(1, len(self._slots) + 2) if i not in self._slots)
         self._slots[index] = Slot(index, respawn_at=now)
         log("workers_changed", workers=len(self._slots))
@@ -450,16 +558,30 @@ class Arbiter:
             signal.SIGTTIN: self._handle_ttin,
             signal.SIGTTOU: self._handle_ttou,
         }
-        for signum in self._signals.take():
-            handler = handlers.get(signum)
+        for received in self._signals.take():
+            handler = handlers.get(received.signum)
             if handler is None:
                 continue  # SIGCHLD: only a wake-up, reaping follows
-            name = signal.Signals(signum).name
+            name = signal.Signals(received.signum).name
+            sender = {"sender_pid": received.pid, "sender_uid": received.uid}
+            if self._sent_by_a_worker(received):
+                log("signal_ignored", "warning", signal=name, **sender, reason="sent by a worker")
+                continue
             if self._stop is not None:
                 log("signal_ignored", signal=name, reason="stopping")
                 continue
-            log("signal", signal=name)
+            log("signal", signal=name, **sender)
             handler(now)
+        if self._signals.dropped > self._signals_dropped:
+            log("signals_dropped", "warning", count=self._signals.dropped - self._signals_dropped)
+            self._signals_dropped = self._signals.dropped
+
+    def _sent_by_a_worker(self, received: Received) -> bool:
+        if received.pid <= 0 or received.pid == os.getpid():
+            return False  # the kernel (a terminal), or the supervisor itself
+        if any(w.pid == received.pid for w in self._all_workers()):
+            return True
+        return descends_from(received.pid, os.getpid())
 
     def _handle_term(self, now: float) -> None:
         self._begin_stop(EXIT_OK, "stop requested", now)

@@ -6,8 +6,10 @@ worker's (``ready`` with its pid and drain deadline, ``heartbeat``, ``stopping``
 frozen values. One message is one JSON
 object of at most 64 KiB.
 Must not know: what the supervisor does with a message.
-SECURITY: the worker is unprivileged and not trusted. A message that is too long, not JSON,
-not an object, of an unknown type or with a field of the wrong type becomes ``Malformed``;
+SECURITY: the worker is unprivileged and not trusted. A message that is too long, nested
+deeper than ``MAX_DEPTH`` (checked before it is parsed: the parser recurses), not JSON, not
+an object, of an unknown type or with a field of the wrong type becomes ``Malformed``, and
+so does anything else the parser raises;
 unknown extra fields are ignored (forward compatible). At most ``MAX_BATCH`` messages are read
 per wake-up so that one chatty worker cannot starve the loop. Sending never blocks: the
 supervisor's end is non-blocking and a full or broken channel is reported, not waited on.
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 MAX_MESSAGE: Final = 64 * 1024
 MAX_BATCH: Final = 64
+#: Every message of the protocol is one flat object; a little room for later versions.
+MAX_DEPTH: Final = 4
 
 
 #: The longest drain a worker may ask for, as ``--drain-timeout`` allows.
@@ -119,12 +123,36 @@ def _parse_object(message: dict[str, object]) -> Message:
     return Malformed(f"unknown message type {str(kind)[:40]!r}")
 
 
+def _bracket_depths(data: bytes) -> Iterator[int]:
+    """The nesting depth after each bracket of JSON text outside strings."""
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:  # a quote opens a string
+            in_string = True
+        elif byte in b"[{]}":
+            depth += 1 if byte in b"[{" else -1
+            yield depth
+
+
+def too_deep(data: bytes) -> bool:
+    """Whether the arrays and objects of JSON text ``data`` nest deeper than ``MAX_DEPTH``
+    (brackets inside strings do not count), found without parsing it."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return False
+    return any(depth > MAX_DEPTH for depth in _bracket_depths(data))
+
+
 def parse(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE:
         return Malformed(f"message over {MAX_MESSAGE} bytes")
+    if too_deep(data):
+        return Malformed(f"nested deeper than {MAX_DEPTH}")
     try:
         message = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return Malformed("not JSON")
     if not isinstance(message, dict):
         return Malformed("not a JSON object")
@@ -143,5 +171,8 @@ def receive(channel: socket.socket) -> tuple[list[Message], bool]:
             return messages, True
         if not data:
             return messages, True
-        messages.append(parse(data))
+        try:
+            messages.append(parse(data))
+        except Exception as error:  # a worker's bytes must never stop the loop
+            messages.append(Malformed(f"unparseable: {type(error).__name__}"))
     return messages, False

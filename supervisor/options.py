@@ -1,7 +1,8 @@
 """The supervisor's command line.
 
-``python -m supervisor [--listen [NAME=]HOST:PORT]... [--workers N] [--user U] [--group G]
-[--drain-timeout S] [--heartbeat-timeout S] [--boot-timeout S] [-- WORKER_COMMAND...]``
+``python -m supervisor [--listen [NAME=]HOST:PORT]... [--workers N] [--workers-max N]
+[--user U] [--group G] [--drain-timeout S] [--heartbeat-timeout S] [--boot-timeout S]
+[--pass-env NAME]... [-- WORKER_COMMAND...]``
 
 Owns: parsing and validating the flags into one frozen ``Options``; the defaults.
 Must not know: what the worker command does with its own flags.
@@ -31,7 +32,12 @@ DEFAULT_GROUP = "wildboar"
 DEFAULT_DRAIN_TIMEOUT = 30.0  # seconds a session may take to finish after TERM/HUP/TTOU
 DEFAULT_HEARTBEAT_TIMEOUT = 10.0  # seconds without a heartbeat (sent every 1 s) before SIGKILL
 DEFAULT_BOOT_TIMEOUT = 30.0  # seconds from spawn to "ready" before SIGKILL
-DEFAULT_WORKER_COMMAND = (sys.executable, "-m", "wildboar.worker")
+# Isolated (-I): no current directory, user site or PYTHON* variable decides what runs.
+DEFAULT_WORKER_COMMAND = (sys.executable, "-I", "-m", "wildboar.worker")
+#: TTIN adds workers up to this many per CPU (at least --workers): a signal flood, or a
+#: compromised worker, cannot make the supervisor fork without end.
+WORKERS_MAX_PER_CPU = 4
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
 
 # systemd's FileDescriptorName= allows more, but names travel in logs and in the control channel.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -59,12 +65,15 @@ class ListenSpec:
 class Options:
     listen: tuple[ListenSpec, ...]
     workers: int
+    workers_max: int
     user: str
     group: str
     drain_timeout: float
     heartbeat_timeout: float
     boot_timeout: float
     worker_command: tuple[str, ...]
+    #: Variables the workers get besides the allow-list (``NAME``, or a prefix ``NAME*``).
+    pass_env: tuple[str, ...] = ()
 
 
 def _split_host_port(address: str) -> tuple[str, str]:
@@ -115,6 +124,12 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a variable name (or NAME*)")
+    return value
+
+
 def _float(value: str) -> float:
     try:
         return float(value)
@@ -159,6 +174,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes (default: CPU count)",
     )
+    add(
+        "--workers-max",
+        type=_positive_int,
+        metavar="N",
+        help=f"never more workers than this, whatever TTIN asks (default: {WORKERS_MAX_PER_CPU}"
+        " per CPU, at least --workers)",
+    )
+    add(
+        "--pass-env",
+        type=_env_name,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable (NAME* for a prefix) to workers too (repeatable)",
+    )
     add("--user", default=DEFAULT_USER, help="user to run as when started as root")
     add("--group", default=DEFAULT_GROUP, help="group to run as when started as root")
     add(
@@ -198,9 +228,15 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
 def parse_options(argv: Sequence[str]) -> Options:
     flags, command = _split_command(argv)
     args = _parser().parse_args(flags)
+    default_max = max(args.workers, WORKERS_MAX_PER_CPU * (os.cpu_count() or 1))
+    workers_max = args.workers_max or default_max
+    if workers_max < args.workers:
+        raise StartupError(f"--workers-max {workers_max} is less than --workers {args.workers}")
     return Options(
         listen=tuple(args.listen),
         workers=args.workers,
+        workers_max=workers_max,
+        pass_env=tuple(args.pass_env),
         user=args.user,
         group=args.group,
         drain_timeout=args.drain_timeout,

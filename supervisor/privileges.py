@@ -2,8 +2,9 @@
 
 Owns: looking up the run-as user and group, and the drop itself: empty the capability bounding
 set (best effort), ``setgroups([])``, ``setresgid``, ``setresuid`` (real, effective and saved
-ids), then proof that root cannot be regained (``setuid(0)`` and ``setgid(0)`` must fail), then
-``PR_SET_NO_NEW_PRIVS`` so that no worker can gain privileges through a set-uid program.
+ids), then proof that root cannot be regained (``setuid(0)`` and ``setgid(0)`` must fail). The
+caller then drops every capability left and sets ``no_new_privs`` (``hygiene``), root or not,
+so that no worker can gain privileges through a set-uid program.
 Must not know: why it is root (the caller binds first and calls this before anything else).
 SECURITY: this is the boundary. Started as root, the supervisor runs nothing else as root:
 a failure here is fatal (one line, exit 1), never ignored. Running as root is refused (the
@@ -25,7 +26,6 @@ from .exits import StartupError
 from .log import log
 
 _PR_CAPBSET_DROP: Final = 24  # <linux/prctl.h>
-_PR_SET_NO_NEW_PRIVS: Final = 38
 _CAP_LAST_CAP_FILE: Final = "/proc/sys/kernel/cap_last_cap"
 _CAP_LAST_CAP_DEFAULT: Final = 40  # CAP_CHECKPOINT_RESTORE, Linux 5.9+
 
@@ -70,7 +70,7 @@ def _last_capability() -> int:
         return _CAP_LAST_CAP_DEFAULT
 
 
-def _drop_bounding_set() -> None:
+def drop_bounding_set() -> None:
     """Empty the bounding set, so that no process of ours can ever gain a capability."""
     failed = [cap for cap in range(_last_capability() + 1) if _prctl(_PR_CAPBSET_DROP, cap)]
     if failed:
@@ -97,7 +97,7 @@ def _verify(identity: Identity) -> None:
 
 def drop_privileges(identity: Identity) -> None:
     """Become ``identity`` for good; raises ``StartupError`` if root could be regained."""
-    _drop_bounding_set()
+    drop_bounding_set()
     try:
         os.setgroups([])
         os.setresgid(identity.gid, identity.gid, identity.gid)
@@ -105,6 +105,3 @@ def drop_privileges(identity: Identity) -> None:
     except OSError as error:
         raise StartupError(f"cannot drop privileges to {identity.user}: {error}") from None
     _verify(identity)
-    errno = _prctl(_PR_SET_NO_NEW_PRIVS, 1)
-    if errno:
-        raise StartupError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(errno)}")

@@ -34,6 +34,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ECHO_WORKER = Path(__file__).resolve().with_name("echo_worker.py")
 RUN_AS = ["--user", "nobody", "--group", "nogroup"]
+PASS_ECHO_ENV = ["--pass-env", "ECHO_WORKER_*"]
 SYSTEM_PYTHON = "/usr/bin/python3"
 Event = dict[str, Any]
 
@@ -62,7 +63,8 @@ class Supervisor:
     ) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ECHO_WORKER_")}
         full_env.update(env or {})
-        argv = [*(argv0 or [sys.executable, "-m", "supervisor"]), *args]
+        # The echo worker's settings are not on the workers' allow-list: pass them on.
+        argv = [*(argv0 or [sys.executable, "-m", "supervisor"]), *args, *PASS_ECHO_ENV]
         argv += ["--", *(command or worker_command())]
         self.lines: list[str] = []
         self.events: list[Event] = []

@@ -57,7 +57,7 @@ def test_worker_command_after_double_dash_and_default() -> None:
     options = parse_options(["--listen", "127.0.0.1:0", "--", "w", "--flag", "--", "x"])
     assert options.worker_command == ("w", "--flag", "--", "x")
     default = parse_options(["--workers", "3"])
-    assert default.worker_command == (sys.executable, "-m", "wildboar.worker")
+    assert default.worker_command == (sys.executable, "-I", "-m", "wildboar.worker")
     assert (default.workers, default.user, default.group) == (3, "wildboar", "wildboar")
     assert (default.drain_timeout, default.heartbeat_timeout, default.boot_timeout) == (30, 10, 30)
 
