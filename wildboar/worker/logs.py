@@ -6,6 +6,11 @@ it concerns are fields like any other, so logs can be joined with the message re
 Must not know: sessions or the SMTP core.
 Security: fields are serialised (JSON or journald key=value), never interpolated into a
 format string, so client-controlled values (HELO names, addresses) cannot forge records.
+Logging never blocks the event loop: stderr is the worker's own pipe to the supervisor
+(made non-blocking), and journald gets datagrams from a non-blocking socket; when either
+does not take a record at once, at most ``MAX_PENDING`` octets of JSON lines wait (for
+journald: none), further records are dropped and counted, and a ``log_lines_dropped``
+record says how many once a write succeeds again.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import datetime
 import logging
 import os
 import re
-import sys
+import socket
+import stat
+import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -125,26 +132,67 @@ class JournalFields(logging.Handler):
         except OSError:
             # journald is gone or refuses: keep the record, as a JSON line on stderr
             # (which systemd also connects to the journal, through a stream).
-            with contextlib.suppress(OSError):
-                os.write(2, JsonLines().format(record).encode() + b"\n")
+            write_line(JsonLines().format(record).encode() + b"\n")
         except Exception:  # logging's contract: never raise into the caller
             self.handleError(record)
 
 
-#: Where journald takes native-protocol entries. libsystemd sends to it without a word when
-#: it does not exist, so its absence must be noticed here.
+#: Where journald takes native-protocol entries (systemd's "Native Journal Protocol").
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+#: JSON lines waiting for stderr beyond which further records are dropped (and counted).
+MAX_PENDING: Final = 1 << 20
+#: How soon a write that stderr did not take is tried again.
+RETRY_AFTER: Final = 0.05
+
+
+def journal_datagram(entries: tuple[str, ...]) -> bytes:
+    """One native-protocol entry: ``KEY=value`` lines; a value holding a newline is sent
+    as ``KEY``, newline, its length (64-bit little endian), the value, newline."""
+    parts: list[bytes] = []
+    for entry in entries:
+        key, _, value = entry.partition("=")
+        data = value.encode("utf-8", "surrogateescape")
+        if b"\n" in data:
+            parts.append(key.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n")
+        else:
+            parts.append(entry.encode("utf-8", "surrogateescape") + b"\n")
+    return b"".join(parts)
+
+
+class JournalSocket:
+    """Sends entries to journald without ever blocking: a datagram journald does not take
+    at once (its queue is full) is dropped and counted, and the count is sent as an entry
+    of its own with the next datagram it takes. Other errors (journald gone, an entry too
+    large for one datagram) are raised, for the handler to fall back to stderr."""
+
+    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
+        self._path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._socket.setblocking(False)
+        self.dropped = 0
+
+    def __call__(self, *entries: str) -> None:
+        try:
+            self._socket.sendto(journal_datagram(entries), self._path)
+        except BlockingIOError:
+            self.dropped += 1
+            return
+        if self.dropped:
+            count, self.dropped = self.dropped, 0
+            self(
+                f"MESSAGE=log_lines_dropped lines={count}",
+                "EVENT=log_lines_dropped",
+                "PRIORITY=4",
+                "SYSLOG_IDENTIFIER=wildboar",
+                f"LINES={count}",
+            )
 
 
 def _journal_handler() -> tuple[logging.Handler | None, str]:
     """The journald handler, or None and why not."""
-    try:
-        from systemd.journal import sendv  # noqa: PLC0415 (optional at run time)
-    except ImportError:
-        return None, "python-systemd is not installed"
     if not os.path.exists(JOURNAL_SOCKET):
         return None, f"{JOURNAL_SOCKET} does not exist (journald is not running)"
-    return JournalFields(sendv), ""
+    return JournalFields(JournalSocket()), ""
 
 
 def stderr_is_journal() -> bool:
@@ -162,15 +210,23 @@ def stderr_is_journal() -> bool:
 class _Lines:
     """JSON lines to a file descriptor, one ``write`` per event-loop iteration: a busy
     worker logs several records per message, and a write per record would cost more than
-    the message itself. Outside a running loop every line is written at once."""
+    the message itself. Outside a running loop every line is written at once.
+
+    On a pipe (the supervisor's: ``nonblocking``) a write never waits: what the pipe does
+    not take stays pending, at most ``MAX_PENDING`` octets (whole lines are dropped and
+    counted beyond), and is tried again ``RETRY_AFTER`` seconds later."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._pending: list[bytes] = []
+        self._pending = bytearray()
         self._scheduled = False
+        self.dropped = 0
 
     def write(self, line: bytes) -> None:
-        self._pending.append(line)
+        if len(self._pending) + len(line) > MAX_PENDING:
+            self.dropped += 1
+            return
+        self._pending += line
         if self._scheduled:
             return
         try:
@@ -183,13 +239,73 @@ class _Lines:
 
     def flush(self) -> None:
         self._scheduled = False
-        data = b"".join(self._pending)
-        self._pending.clear()
-        with contextlib.suppress(OSError):  # a closed stderr must not stop the mail
-            while data:
-                data = data[os.write(self._fd, data) :]
+        try:
+            while self._pending:
+                del self._pending[: os.write(self._fd, self._pending)]
+        except BlockingIOError:
+            self._retry_later()
+            return
+        except OSError:  # a closed stderr must not stop the mail
+            self._pending.clear()
+            return
+        if self.dropped:
+            count, self.dropped = self.dropped, 0
+            self.write(_record("log_lines_dropped", logging.WARNING, {"lines": count}))
+
+    def _retry_later(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to wait in: the lines wait for the next write
+        self._scheduled = True
+        loop.call_later(RETRY_AFTER, self.flush)
 
 
+def _record(event: str, level: int, fields: dict[str, Any]) -> bytes:
+    entry: dict[str, Any] = {
+        "time": datetime.datetime.now(datetime.UTC).isoformat(),
+        "level": logging.getLevelName(level).lower(),
+        "event": event,
+        **fields,
+    }
+    return _encoder.encode(entry) + b"\n"
+
+
+class _LinesHandler(logging.Handler):
+    """Records of other loggers (``wildboar.handoff``) into the same lines."""
+
+    def __init__(self, lines: _Lines) -> None:
+        super().__init__()
+        self._lines = lines
+        self.setFormatter(JsonLines())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.write(self.format(record).encode() + b"\n")
+        except Exception:  # logging's contract: never raise into the caller
+            self.handleError(record)
+
+
+def _make_nonblocking_if_pipe(fd: int) -> None:
+    """The supervisor gives each worker a pipe of its own as stderr: never wait on it. Any
+    other stderr (a terminal, a file, when run by hand) is shared: left as it is."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.set_blocking(fd, False)
+
+
+def write_line(line: bytes) -> None:
+    """One line to stderr, through the pending lines when they exist; never blocks."""
+    if _stderr is not None:
+        _stderr.write(line)
+        return
+    with contextlib.suppress(OSError):
+        os.write(2, line)
+
+
+#: stderr's lines, once ``setup`` ran.
+_stderr: _Lines | None = None
+#: The same, when records are JSON lines (not journald): ``log`` writes them directly.
 _lines: _Lines | None = None
 #: Receivers of these events besides the log (the AMQP ``events`` exchange).
 FORWARDED = frozenset(
@@ -211,23 +327,24 @@ def add_sink(sink: Callable[[str, dict[str, Any]], None]) -> None:
 
 
 def flush() -> None:
-    if _lines is not None:
-        _lines.flush()
+    if _stderr is not None:
+        _stderr.flush()
 
 
 def setup(log_format: str, level: int = logging.INFO) -> None:
-    """``journal`` (python-systemd), ``json`` (stderr), or ``auto``: journal when stderr
+    """``journal`` (native protocol), ``json`` (stderr), or ``auto``: journal when stderr
     is connected to the journal (``stderr_is_journal``), JSON otherwise."""
     handler: logging.Handler | None = None
     why_not = ""
     if log_format == "journal" or (log_format == "auto" and stderr_is_journal()):
         handler, why_not = _journal_handler()
-    global _lines  # noqa: PLW0603 (one log destination per process)
+    global _lines, _stderr  # noqa: PLW0603 (one log destination per process)
+    _make_nonblocking_if_pipe(2)
+    _stderr = _Lines(2)
     _lines = None
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonLines())
-        _lines = _Lines(sys.stderr.fileno())
+        handler = _LinesHandler(_stderr)
+        _lines = _stderr
     LOGGER.handlers[:] = [handler]
     LOGGER.setLevel(level)
     LOGGER.propagate = False
@@ -243,12 +360,6 @@ def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
     if not LOGGER.isEnabledFor(level):
         return
     if _lines is not None:
-        entry: dict[str, Any] = {
-            "time": datetime.datetime.now(datetime.UTC).isoformat(),
-            "level": logging.getLevelName(level).lower(),
-            "event": event,
-            **fields,
-        }
-        _lines.write(_encoder.encode(entry) + b"\n")
+        _lines.write(_record(event, level, fields))
         return
     LOGGER.log(level, event, extra={"fields": fields})
