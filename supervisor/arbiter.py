@@ -10,8 +10,10 @@ it reports: the pid is the one ``posix_spawn`` returned, deadlines are the super
 and a worker that does not keep them is killed. Signals sent by a worker or any process
 descended from the supervisor (it is their child subreaper, so a double fork does not
 escape) are ignored: a compromised worker cannot make it fork more workers or restart them
-(it is the same user, and could only kill the service, which it can do anyway); TTIN never
-goes beyond ``--workers-max``. Every wait is bounded, so the supervisor always exits after a
+(it is the same user, and could only kill the service, which it can do anyway). The sender
+is looked up as the signal arrives; one that exits and is reaped by its own parent before
+that is not recognised, so the cost stays bounded whatever: TTIN never goes beyond
+``--workers-max``, and HUP only replaces workers. Every wait is bounded, so the supervisor always exits after a
 stop; writing its log never blocks (``log.py``).
 
 Limits (seconds unless named):
@@ -30,6 +32,7 @@ import os
 import selectors
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -66,6 +69,8 @@ ANCESTRY_DEPTH: Final = 64
 #: A worker's output read at exit, at most this many chunks (it may have left children).
 LAST_WORDS_READS: Final = 16
 _PR_SET_CHILD_SUBREAPER: Final = 36
+#: Reaped orphans (descendants of workers) remembered, for signals they sent before dying.
+ORPHANS_REMEMBERED: Final = 256
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,7 @@ class Arbiter:
         self._listeners = listeners
         self._notifier = notifier
         self._env = env
-        self._signals = SignalInbox()
+        self._signals = SignalInbox(lambda pid: descends_from(pid, os.getpid()))
         self._selector = selectors.DefaultSelector()
         self._slots: dict[int, Slot] = {}
         self._retiring: list[Worker] = []
@@ -170,6 +175,7 @@ class Arbiter:
         self._watchdog_paused = False
         self._messages_retired = 0
         self._journal = journal_stream()
+        self._orphans: deque[int] = deque(maxlen=ORPHANS_REMEMBERED)
         self._signals_dropped = 0
 
     # --- the loop --------------------------------------------------------------------------
@@ -360,6 +366,7 @@ class Arbiter:
             if info is None or info.si_pid in workers:
                 return
             os.waitpid(info.si_pid, 0)
+            self._orphans.append(info.si_pid)  # a signal it sent may not be taken yet
             log("orphan_reaped", pid=info.si_pid, status=info.si_status)
 
     def _on_exit(self, worker: Worker, returncode: int, now: float) -> None:
@@ -579,9 +586,9 @@ class Arbiter:
     def _sent_by_a_worker(self, received: Received) -> bool:
         if received.pid <= 0 or received.pid == os.getpid():
             return False  # the kernel (a terminal), or the supervisor itself
-        if any(w.pid == received.pid for w in self._all_workers()):
+        if received.descendant or received.pid in self._orphans:
             return True
-        return descends_from(received.pid, os.getpid())
+        return any(w.pid == received.pid for w in self._all_workers())
 
     def _handle_term(self, now: float) -> None:
         self._begin_stop(EXIT_OK, "stop requested", now)

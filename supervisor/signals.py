@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,6 +41,8 @@ class Received:
     signum: int
     pid: int  # the sender's (si_pid); 0 from the kernel (a terminal's Ctrl-C, a child's CHLD)
     uid: int
+    #: What the inbox's ``descendant`` test said of the sender as the signal arrived.
+    descendant: bool = False
 
 
 def block() -> None:
@@ -50,7 +53,11 @@ def block() -> None:
 class SignalInbox:
     """A queue of received signals and a descriptor that becomes readable with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, descendant: Callable[[int], bool] = lambda pid: False) -> None:
+        """``descendant(pid)``: whether the sender is one of the supervisor's descendants,
+        asked by the thread the moment a signal arrives (a sender that exits at once may
+        be gone by the time the loop looks)."""
+        self._descendant = descendant
         self._pending: deque[Received] = deque()
         self._lock = threading.Lock()
         self.dropped = 0
@@ -69,7 +76,9 @@ class SignalInbox:
     def _wait(self) -> None:
         while True:
             info = signal.sigwaitinfo(HANDLED)
-            self._record(Received(info.si_signo, info.si_pid, info.si_uid))
+            pid = info.si_pid
+            ours = info.si_signo != signal.SIGCHLD and pid > 0 and self._descendant(pid)
+            self._record(Received(info.si_signo, pid, info.si_uid, ours))
 
     def _record(self, received: Received) -> None:
         with self._lock:

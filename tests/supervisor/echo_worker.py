@@ -24,18 +24,28 @@ Behaviour the tests ask for, through the environment:
     ECHO_WORKER_HEARTBEAT=S        seconds between heartbeats (default 1)
     ECHO_WORKER_GARBAGE=1          after ready, send messages that break the contract
     ECHO_WORKER_READY_HANDOFF=S    say in "ready" that handoffs may take S s after a drain
+    ECHO_WORKER_SIGNAL_PARENT=N    after ready, send the supervisor N x TTIN and one HUP, then
+                                   the same from a double-forked grandchild (a compromised
+                                   worker's attack)
+    ECHO_WORKER_PROBE=1            at start, report what this process can reach: terminals
+                                   among its descriptors, a controlling terminal, TIOCSTI,
+                                   capabilities, environment, open files; and write a line
+                                   with terminal escape sequences to stderr
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import selectors
 import signal
 import socket
 import sys
+import termios
 import time
 
 MAX_MESSAGE = 65536
@@ -49,6 +59,8 @@ GARBAGE = (
     b'{"type": "ready", "pid": 1, "drain": 86401}',
     b'{"type": "ready", "pid": 1, "drain": true}',
     b'{"type": "heartbeat", "sessions": 0, "messages": 0, "padding": "' + b"x" * 70000 + b'"}',
+    b"[" * 60000,  # the parser recurses: it once crashed the supervisor (RecursionError)
+    b'{"type": "heartbeat", "sessions": 0, "messages": 0, "x": ' + b"[" * 30 + b"]" * 30 + b"}",
 )
 EOF_DRAIN_DEADLINE = 10.0
 
@@ -111,6 +123,8 @@ class EchoWorker:
             say("ready", silent=self.silent)
         if os.environ.get("ECHO_WORKER_GARBAGE") == "1":
             self.send_garbage()
+        if os.environ.get("ECHO_WORKER_SIGNAL_PARENT"):
+            signal_parent(int(os.environ["ECHO_WORKER_SIGNAL_PARENT"]))
 
     def send_garbage(self) -> None:
         for junk in GARBAGE:
@@ -223,6 +237,62 @@ class EchoWorker:
             self.heartbeat(now)
 
 
+def signal_parent(count: int) -> None:
+    supervisor = os.getppid()
+    for _ in range(count):
+        os.kill(supervisor, signal.SIGTTIN)
+    os.kill(supervisor, signal.SIGHUP)
+    say("signalled", supervisor=supervisor, count=count)
+    if os.fork() == 0:  # a grandchild, orphaned at once: not a child of the supervisor
+        if os.fork() == 0:
+            time.sleep(0.3)
+            for _ in range(count):
+                os.kill(supervisor, signal.SIGTTIN)
+            os.kill(supervisor, signal.SIGHUP)
+            say("grandchild_signalled", supervisor=supervisor, parent=os.getppid())
+        os._exit(0)
+
+
+def tiocsti(fd: int) -> str:
+    """Try to push one character into the terminal's input; the outcome."""
+    try:
+        fcntl.ioctl(fd, termios.TIOCSTI, b"#")
+    except OSError as error:
+        return errno.errorcode.get(error.errno or 0, str(error.errno))
+    return "pushed"
+
+
+def probe() -> dict[str, object]:
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds[name] = os.readlink(f"/proc/self/fd/{name}")
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError as error:
+        controlling = errno.errorcode.get(error.errno or 0, "?")
+    else:
+        controlling = "open: " + tiocsti(tty)
+        os.close(tty)
+    with open("/proc/self/status") as file:
+        status = dict(line.rstrip("\n").partition(":\t")[::2] for line in file if ":\t" in line)
+    with open("/proc/self/stat") as file:
+        stat = file.read()
+    tty_nr = int(stat[stat.rfind(")") + 2 :].split()[4])
+    return {
+        "fds": fds,
+        "ttys": [fd for fd in range(3) if os.isatty(fd)],
+        "tiocsti": {fd: tiocsti(fd) for fd in range(3)},
+        "controlling_terminal": controlling,
+        "tty_nr": tty_nr,
+        "sid": os.getsid(0),
+        "cwd": os.getcwd(),
+        "environ": sorted(os.environ),
+        "caps": {k: status.get(k) for k in ("CapInh", "CapPrm", "CapEff", "CapAmb", "NoNewPrivs")},
+        "uid": os.getuid(),
+    }
+
+
 def receive_sockets(control: socket.socket) -> list[socket.socket]:
     control.settimeout(10)
     data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 64)
@@ -238,6 +308,9 @@ def main() -> int:
     args = parser.parse_args()
     control = socket.socket(fileno=args.control_fd)
     listeners = receive_sockets(control)
+    if os.environ.get("ECHO_WORKER_PROBE") == "1":
+        say("probe", **probe())
+        os.write(2, b"escapes: \x1b]0;owned\x07 \x1b[2J \xe2\x80\xae end\n")
     boot_exit = os.environ.get("ECHO_WORKER_BOOT_EXIT")
     if boot_exit:
         say("boot_exit", status=int(boot_exit))

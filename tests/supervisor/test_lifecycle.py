@@ -140,7 +140,7 @@ def test_messages_that_break_the_contract_are_logged_not_believed(
     sup = start(supervisors, "--workers", "1", ECHO_WORKER_GARBAGE="1", ECHO_WORKER_HEARTBEAT="0.2")
     port = sup.port()
     (pid,) = sup.wait_serving(1)
-    sup.wait_event("bad_message", count=9)
+    sup.wait_event("bad_message", count=11)
     reasons = [e["reason"] for e in sup.find("bad_message", pid=pid)]
     assert reasons == [
         "not JSON",
@@ -152,6 +152,8 @@ def test_messages_that_break_the_contract_are_logged_not_believed(
         "ready with a drain that is not 0 to 86400 seconds",
         "ready with a drain that is not 0 to 86400 seconds",
         "message over 65536 bytes",
+        "nested deeper than 4",
+        "nested deeper than 4",
     ]
     assert banner_pid(banner(port)) == pid
     time.sleep(0.5)
