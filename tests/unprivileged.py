@@ -36,6 +36,7 @@ def spool_directory() -> Iterator[Path]:
         base.chmod(0o755)
         spool = base / "spool"
         spool.mkdir()
+        spool.chmod(0o755)  # whatever the umask: a spool writable by others is refused
         if AS_ROOT:
             entry = pwd.getpwnam(USER)
             os.chown(spool, entry.pw_uid, entry.pw_gid)

@@ -1,12 +1,31 @@
 """``wildboar spool {ls,show ID,count,drain}``: look into the spool and empty it.
 
 Owns: the ``spool`` subcommands, their output formats and exit statuses (0 ok, 1 error,
-with one line on stderr and no traceback).
+with one line on stderr and no traceback), and who this process is while it reads a spool.
 Must not know: how the spool is written (it uses ``wildboar.handoff.spool.Spool``), SMTP.
-Security: meant for the operator (root or the ``wildboar`` user). Ids are checked before a
-path is built; files are read without following links; addresses and headers come from
-the Internet, so control characters are escaped before they reach a terminal. ``drain``
-removes a message only after its line was flushed (and fsync'd, when stdout is a file).
+Security: meant for the operator (root or the ``wildboar`` user), on a spool the
+unprivileged workers own, so nothing in it is trusted:
+
+- Run as root on a spool another uid owns, the command first becomes that uid for good
+  (``setgroups([])``, ``setresgid``/``setresuid`` to the owner and its primary group,
+  checked by trying to regain root), after reading the configuration and before opening
+  anything in the spool: whatever the owner planted (a link where ``msg/`` should be, say),
+  this process can then do no more than the owner itself could, and what it creates
+  (``corrupt/``) stays the owner's, so the workers can still use the spool. Descriptors
+  already open (stdout redirected into a root-only file) stay usable. That is the simplest
+  guarantee, and the strongest: it holds for every file operation, including ones a later
+  change might add. ``Spool`` adds the same checks and descriptor discipline as the
+  handoff (no symbolic link for a directory, no directory group or others may write, every
+  directory the owner's), which also protects a root reader in-process.
+- Ids are checked before a file name is built; files are read without following links.
+- Addresses, HELO names and headers come from the Internet: every character Python does
+  not call printable (C0 and C1 controls, DEL, Unicode format characters such as the
+  bidi overrides U+202A-U+202E and U+2066-U+2069, zero widths, U+FEFF, line and paragraph
+  separators) is escaped (``\\x1b``, ``\\u202e``) in every line written to a terminal,
+  error lines included; the JSON of ``show`` and ``drain`` has them as ``\\uXXXX`` escapes
+  (still valid JSON, decoding to the same strings).
+- ``drain`` removes a message only after its line was flushed (and fsync'd, when stdout
+  is a file).
 """
 
 from __future__ import annotations
@@ -15,6 +34,7 @@ import argparse
 import contextlib
 import datetime
 import os
+import pwd
 import re
 import stat
 import sys
@@ -24,7 +44,17 @@ import msgspec
 
 from . import config
 from . import message as M
-from .handoff.spool import CORRUPT_DIR, SUFFIX, CorruptMessage, Entry, Spool, SpoolError, describe
+from .handoff.spool import (
+    CORRUPT_DIR,
+    ROOT_UID,
+    SUFFIX,
+    CorruptMessage,
+    Entry,
+    Spool,
+    SpoolError,
+    describe,
+    spool_owner,
+)
 
 DRAIN_HELP = "print every message as a JSON line and remove it from the spool"
 DRAIN_DESCRIPTION = (
@@ -33,8 +63,18 @@ DRAIN_DESCRIPTION = (
     "regular file). In this release nothing else consumes the spool: drain is how messages "
     "leave it."
 )
-_C1_AND_DEL = re.compile("[\x7f-\x9f]")
-_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\U0010ffff]|[\u2028\u2029]")
+# The characters that may need escaping: all but printable ASCII (the test that decides
+# is str.isprintable, false for Unicode's "Other" and "Separator" categories but the space).
+_SUSPECT = re.compile(r"[^\x20-\x7e]")
+# In JSON text, a raw newline is structure (show's indentation): strings have it escaped.
+_SUSPECT_IN_JSON = re.compile(r"[^\x20-\x7e\n]")
+# Python's escapes: \xNN up to U+00FF, \uNNNN in the BMP, \UNNNNNNNN beyond.
+_LAST_BYTE = 0xFF
+_FIRST_NON_BMP = 0x10000
+# Beyond the BMP, JSON escapes a UTF-16 surrogate pair (RFC 8259 §7).
+_HIGH_SURROGATE = 0xD800
+_LOW_SURROGATE = 0xDC00
+_SURROGATE_SPAN = 0x400
 
 Command = Callable[[argparse.Namespace], int]
 Action = Callable[[Spool], int]
@@ -73,24 +113,69 @@ def _command(
     return parser
 
 
+def _say(message: str) -> None:
+    """One line on stderr, escaped: paths and ids in it may come from the spool."""
+    print(f"wildboar spool: {_printable(message)}", file=sys.stderr)
+
+
 def _fail(message: str) -> int:
-    print(f"wildboar spool: {message}", file=sys.stderr)
+    _say(message)
     return 1
 
 
 def _open(args: argparse.Namespace) -> Spool:
     """The spool of ``--spool``, else of the configuration (``--config`` if the main command
-    line has one, else the usual sources)."""
-    if args.spool is not None:
-        return Spool(args.spool)
-    return Spool(config.load(file=getattr(args, "config", None)).spool.path)
+    line has one, else the usual sources), opened as its owner."""
+    path = args.spool
+    if path is None:
+        # The host name is not needed here: not looked up (NSS and DNS) as root.
+        flags = {"hostname": "hostname.invalid"}
+        path = config.load(file=getattr(args, "config", None), flags=flags).spool.path
+    _become_owner(path)
+    return Spool(path)
+
+
+def _become_owner(path: str) -> None:
+    """As root, become the uid owning the spool at ``path`` for good (see the module
+    header), unless that is root; otherwise change nothing."""
+    if os.geteuid() != ROOT_UID:
+        return
+    uid = spool_owner(path)
+    if uid == ROOT_UID:
+        return
+    gid = _primary_group(path, uid)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    _check_dropped(path, uid, gid)
+
+
+def _primary_group(path: str, uid: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        raise SpoolError(
+            f"spool {path} is owned by uid {uid}, which has no user entry: run wildboar"
+            f" spool as uid {uid}"
+        ) from None
+
+
+def _check_dropped(path: str, uid: int, gid: int) -> None:
+    dropped = os.getresuid() == (uid,) * 3 and os.getresgid() == (gid,) * 3
+    if dropped and not os.getgroups():
+        try:
+            os.setuid(ROOT_UID)
+        except PermissionError:
+            return  # root cannot be regained: done
+    raise SpoolError(f"spool {path}: could not become its owner uid {uid} for good")
 
 
 def _run(args: argparse.Namespace, action: Action) -> int:
     """Open the spool named by ``args`` and run ``action(spool)``, turning every expected
     error into one line on stderr and status 1."""
     try:
-        return action(_open(args))
+        with _open(args) as spool:
+            return action(spool)
     except config.ConfigError as error:
         for line in error.errors:
             _fail(f"configuration: {line}")
@@ -104,8 +189,42 @@ def _run(args: argparse.Namespace, action: Action) -> int:
 
 
 def _printable(text: str) -> str:
-    """``text`` with control characters shown as escapes (addresses come from clients)."""
-    return _NOT_PRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+    """``text`` with every character that is not printable shown as a Python escape
+    (``\\x1b``, ``\\u202e``, ``\\U000e0001``): addresses come from clients."""
+    return _SUSPECT.sub(_escape_match, text)
+
+
+def _escape_match(match: re.Match[str]) -> str:
+    char = match.group()
+    return char if char.isprintable() else _escape(char)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code <= _LAST_BYTE:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < _FIRST_NON_BMP else f"\\U{code:08x}"
+
+
+def json_for_terminal(data: bytes) -> bytes:
+    """The JSON text ``data`` with every character that is not printable as a ``\\uXXXX``
+    escape (JSON escapes C0 controls itself, but not DEL, C1 or U+202E): the same JSON
+    value, safe to print. Such characters only occur inside strings, where an escape means
+    the character itself."""
+    if data.isascii() and b"\x7f" not in data:
+        return data  # the usual record: ASCII, and its C0 controls already escaped
+    return _SUSPECT_IN_JSON.sub(_json_escape_match, data.decode("utf-8")).encode("utf-8")
+
+
+def _json_escape_match(match: re.Match[str]) -> str:
+    char = match.group()
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < _FIRST_NON_BMP:
+        return f"\\u{code:04x}"
+    high, low = divmod(code - _FIRST_NON_BMP, _SURROGATE_SPAN)
+    return f"\\u{_HIGH_SURROGATE + high:04x}\\u{_LOW_SURROGATE + low:04x}"
 
 
 def _time(mtime: float) -> str:
@@ -124,7 +243,7 @@ def _say_set_aside(spool: Spool) -> None:
     operator and are delivered by nobody."""
     for name, count in spool.set_aside().items():
         where = os.path.join(spool.layout.root, name)
-        print(f"wildboar spool: {count} set aside in {where}/, not delivered", file=sys.stderr)
+        _say(f"{count} set aside in {where}/, not delivered")
 
 
 def _corrupt_path(spool: Spool, message_id: str) -> str:
@@ -161,10 +280,8 @@ def cmd_count(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     def show(spool: Spool) -> int:
-        record = M.encode(spool.load(args.id))
-        text = msgspec.json.format(record, indent=2).decode("utf-8")
-        # JSON escapes C0 controls but not DEL and C1 (CSI is U+009B): escape them too.
-        sys.stdout.write(_C1_AND_DEL.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+        record = msgspec.json.format(M.encode(spool.load(args.id)), indent=2)
+        sys.stdout.write(json_for_terminal(record).decode("utf-8") + "\n")
         return 0
 
     return _run(args, show)
@@ -179,7 +296,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
             entries, corrupt = spool.readable()
             for entry in entries:
                 try:
-                    line = M.encode(spool.load(entry.id)) + b"\n"
+                    line = json_for_terminal(M.encode(spool.load(entry.id))) + b"\n"
                 except CorruptMessage:  # changed since it was listed
                     corrupt.append(entry.id)
                     continue
