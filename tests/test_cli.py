@@ -1,5 +1,5 @@
-"""The ``wildboar`` command line: replay and schema (serve, spool and check-config have
-tests of their own)."""
+"""The ``wildboar`` command line: replay and schema, and what ``serve`` hands the
+supervisor and workers (serve, spool and check-config have tests of their own)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import msgspec
 
+from wildboar import cli
+from wildboar import config as C
 from wildboar import message as M
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +72,45 @@ def test_schema_command_prints_the_published_schema() -> None:
     result = wildboar("schema")
     assert result.returncode == 0
     assert json.loads(result.stdout) == json.loads((ROOT / "docs/message.schema.json").read_text())
+
+
+def handed_on(*flags: str) -> tuple[list[str], dict[str, str]]:
+    """The supervisor's command line and what ``serve`` adds to its environment."""
+    args = cli.parser().parse_args(["serve", "--workers", "1", *flags])
+    config = C.load(environ={}, flags=C.flags_of(args))
+    return cli.supervisor_command(config, args), cli.worker_environment(args)
+
+
+def test_serve_passes_a_url_file_as_its_path_only(tmp_path: Path) -> None:
+    urls = tmp_path / "amqp-urls"
+    urls.write_text("amqp://w:pa,ss@10.0.0.5/\n")
+    urls.chmod(0o640)
+    command, environment = handed_on("--amqp-url-file", str(urls))
+    assert environment == {"WILDBOAR_AMQP_URLS_FILE": str(urls)}
+    assert not any("pa,ss" in part or "amqp://" in part for part in command)
+    assert command[-2:] == ["--handoff", "amqp"]  # the file implies the handoff
+
+
+def test_serve_runs_isolated_interpreters_and_resolves_no_name_as_root(tmp_path: Path) -> None:
+    """The supervisor and the workers are ``python -I`` (no current directory on sys.path),
+    the workers take relative paths from where serve started, and serve's own look at the
+    configuration does not resolve the host name (it runs as root): the workers do."""
+    args = cli.parser().parse_args(["serve", "--workers", "1", "--directory", str(tmp_path)])
+    config = cli._load(args, resolve_hostname=False)
+    assert config is not None and config.hostname == cli.UNRESOLVED_HOSTNAME
+    assert config.spool.path == str(tmp_path / "spool")
+    command = cli.supervisor_command(config, args)
+    supervisor, worker = command[: command.index("--")], command[command.index("--") + 1 :]
+    assert supervisor[1:4] == ["-I", "-m", "supervisor"]
+    assert worker[1:6] == ["-I", "-m", "wildboar.worker", "--directory", str(tmp_path)]
+    assert "--hostname" not in worker
+
+
+def test_serve_passes_url_flags_in_the_environment_not_on_a_command_line() -> None:
+    url = "amqp://w:pa,ss@10.0.0.5/"
+    command, environment = handed_on("--amqp-url", url, "--handoff", "spool", "--handoff", "amqp")
+    assert json.loads(environment.pop("WILDBOAR_AMQP_URLS")) == [url]
+    # Over a urls_file from the file or the outer environment, as the flag was for serve.
+    assert environment == {"WILDBOAR_AMQP_URLS_FILE": ""}
+    assert not any("pa,ss" in part for part in command)
+    assert handed_on()[1] == {}

@@ -48,7 +48,7 @@ def write(tmp_path: Path, text: str) -> str:
 def test_defaults_without_any_source() -> None:
     config = C.load(environ={})
     assert config.listen == [C.Listener(host="127.0.0.1", port=2525, name="smtp")]
-    assert config.spool.path == "./spool"
+    assert config.spool.path == os.path.join(os.getcwd(), "spool")  # relative: from here
     assert config.handoff == ["spool"]
     assert config.workers == (os.cpu_count() or 1)
     assert config.limits == smtp.Limits()
@@ -83,7 +83,7 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     ]
     config = C.load(file=path, environ=env, flags={"workers": 7, "spool": {"path": "x"}})
     assert config.workers == 7
-    assert config.spool.path == "x"
+    assert config.spool.path == os.path.join(os.getcwd(), "x")
 
 
 def test_config_file_from_environment(tmp_path: Path) -> None:

@@ -158,9 +158,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> C.Config | None:
+#: ``serve`` validates the configuration as root, before the privilege drop: the host name
+#: is not looked up there (NSS and DNS as root), but by each worker, unprivileged.
+UNRESOLVED_HOSTNAME = "hostname.invalid"
+
+
+def _load(args: argparse.Namespace, resolve_hostname: bool = True) -> C.Config | None:
+    flags = C.flags_of(args)
+    if not resolve_hostname and flags.get("hostname") is None:
+        flags["hostname"] = UNRESOLVED_HOSTNAME
     try:
-        return C.load(file=args.config, flags=C.flags_of(args))
+        return C.load(file=args.config, flags=flags, directory=args.directory)
     except C.ConfigError as error:
         for line in error.errors:
             print(f"wildboar: config: {line}", file=sys.stderr)
@@ -176,8 +184,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def supervisor_command(config: C.Config, args: argparse.Namespace) -> list[str]:
-    """The supervisor's command line, with the worker command after ``--``."""
-    command = [sys.executable, "-m", "supervisor"]
+    """The supervisor's command line, with the worker command after ``--``. Both run an
+    isolated interpreter (``-I``: neither the current directory nor ``PYTHON*`` variables
+    nor the user's site directory on ``sys.path``): root starts the first, and a directory
+    it happens to be in must not decide what code runs."""
+    command = [sys.executable, "-I", "-m", "supervisor"]
     # Under socket activation (the supervisor keeps this process's pid: exec) the default
     # listener is not passed: the supervisor would warn that it ignores it.
     activated = os.environ.get("LISTEN_PID") == str(os.getpid()) and "LISTEN_FDS" in os.environ
@@ -186,30 +197,45 @@ def supervisor_command(config: C.Config, args: argparse.Namespace) -> list[str]:
             command += ["--listen", str(listener)]
     command += ["--workers", str(config.workers), "--user", config.user]
     command += ["--group", config.group, "--drain-timeout", str(config.timeouts.drain)]
+    if config.workers_max is not None:
+        command += ["--workers-max", str(config.workers_max)]
     # Workers load the configuration themselves (again at every HUP): only flags are
     # passed on, so that a value from the file or the environment can change on reload.
-    worker = [sys.executable, "-m", "wildboar.worker"]
+    # They run in /, and take relative paths from where serve was started.
+    directory = os.path.abspath(args.directory or os.getcwd())
+    worker = [sys.executable, "-I", "-m", "wildboar.worker", "--directory", directory]
     if args.hostname:
         worker += ["--hostname", args.hostname]
     if args.config:
         worker += ["--config", args.config]
     if args.spool:
         worker += ["--spool", args.spool]
-    for handoff in args.handoff or ([] if not args.amqp_url else ["amqp"]):
+    # --amqp-url and --amqp-url-file imply the amqp handoff, for the workers as for serve.
+    implied = ["amqp"] if args.amqp_url or args.amqp_url_file else []
+    for handoff in args.handoff or implied:
         worker += ["--handoff", handoff]
     return [*command, "--", *worker]
 
 
 def worker_environment(args: argparse.Namespace) -> dict[str, str]:
     """What the workers must see in their environment rather than on their command line:
-    broker URLs carry passwords, and any local user can read a command line."""
-    if not args.amqp_url:
-        return {}
-    return {"WILDBOAR_AMQP_URLS": json.dumps(args.amqp_url)}  # a password may hold a comma
+    broker URLs carry passwords, and any local user can read a command line.
+
+    With ``--amqp-url-file`` only the file's path is passed (as given: a relative one is
+    taken from the workers' ``--directory``), and each worker reads the file itself;
+    ``--amqp-url`` passes the URLs (a JSON array: a password may hold a comma) and clears
+    a ``urls_file`` from elsewhere, as the flag did for ``serve``."""
+    environment: dict[str, str] = {}
+    if args.amqp_url_file:
+        environment["WILDBOAR_AMQP_URLS_FILE"] = args.amqp_url_file
+    elif args.amqp_url:
+        environment["WILDBOAR_AMQP_URLS"] = json.dumps(args.amqp_url)
+        environment["WILDBOAR_AMQP_URLS_FILE"] = ""
+    return environment
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, resolve_hostname=False)
     if config is None:
         return 1
     command = supervisor_command(config, args)

@@ -16,9 +16,10 @@ import json
 import os
 import re
 import socket
+import stat
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -90,15 +91,31 @@ class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_block: Seconds = 180.0  # waiting for the next piece of DATA/BDAT content
     handoff: Seconds = 540.0  # making a message durable, under the client's 10 min (§4.5.3.2.6)
     drain: Seconds = 30.0  # graceful stop: how long sessions may finish
+    #: The longest a session may last, whatever the client keeps sending: 421 4.4.2 after.
+    session: Seconds = 3600.0
+    #: The content rate (octets per second, on average since the content began) below which
+    #: the data-block timeout runs out: each octet moves the deadline on by 1/rate seconds,
+    #: never beyond ``data_block`` from now. A drip cannot hold a session for ever.
+    data_rate: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1024
 
 
 class Sessions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     per_worker: Positive = 1000
     per_client_ip: Positive = 50
+    #: Octets of one message's content a session holds in memory; the rest goes to an
+    #: unnamed temp file in ``<spool.path>/tmp`` until the handoff reads it back, so a
+    #: worker's memory does not grow with what unfinished messages hold.
+    content_memory: Annotated[int, msgspec.Meta(ge=4096, le=1 << 30)] = 64 * 1024
+    #: Octets of content all deliveries of a worker may hold in memory at once (records
+    #: being encoded and handed off); a delivery waits its turn beyond it.
+    delivery_memory: Annotated[int, msgspec.Meta(ge=1 << 20, le=1 << 40)] = 32 * 1024 * 1024
+
+
+DEFAULT_SPOOL_PATH = "./spool"
 
 
 class Spool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    path: str = "./spool"
+    path: str = DEFAULT_SPOOL_PATH
     #: Largest number of messages made durable by one group commit.
     batch: Positive = 64
 
@@ -121,6 +138,11 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     urls: list[str] = msgspec.field(
         default_factory=lambda: ["amqp://guest:guest@127.0.0.1:5672/%2F"]
     )
+    #: A file of broker URLs, one per line (blank lines and ``#`` comments ignored), read
+    #: at every load (so by each worker at every HUP); when set it replaces ``urls``. The
+    #: place for passwords: not in a command line (``ps``), not in the main file. It must
+    #: not be readable by others (0640 root:wildboar, or 0600 owned by the workers' user).
+    urls_file: str = ""
     #: Prepended to every exchange and queue name (``prod.`` -> ``prod.accepted.inbound.email``).
     prefix: str = ""
     #: Routing key of accepted and rejected messages: the stage they leave.
@@ -151,6 +173,8 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     when_down: Literal["connect", "mail"] = "connect"
 
     def __post_init__(self) -> None:
+        if self.urls_file:
+            msgspec.structs.force_setattr(self, "urls", read_urls_file(self.urls_file))
         for url in self.urls:
             _check_url(url)
         longest = max(len(name) for name in (*EXCHANGE_NAMES, "events"))
@@ -181,35 +205,214 @@ def _largest_record(message_size: int, recipients: int, encoding: str) -> int:
 
 
 def _check_url(url: str) -> None:
-    scheme, _, rest = url.partition("://")
-    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    if "@" in rest and "@" not in authority:
-        # "amqp://user:pa/ss@host/": the password's "/" ends the authority, so the URL
-        # would name host "user", port "pa" (and the log would show the rest).
+    """Refuse what pika would misread or cannot use; every message shows ``mask_url(url)``."""
+    shown = repr(mask_url(url))
+    scheme, separator, rest = url.partition("://")
+    authority = _authority(rest)
+    if "@" in rest[len(authority) :]:
+        # "amqp://user:pa/ss@host/": the password's "/" ends the authority, so the URL would
+        # name host "user", port "pa" (and the log would show the rest as the vhost). An
+        # "@" in the vhost is refused too: an "@" is then always the end of the password.
         raise ValueError(
-            f"{_without_password(url)!r}: a '/', '?' or '#' in the user or password must be"
-            " percent-encoded (%2F, %3F, %23)"
+            f"{shown}: a '/', '?' or '#' in the user or password, and an '@' after the host,"
+            " must be percent-encoded (%2F, %3F, %23, %40)"
         )
-    parsed = urllib.parse.urlsplit(url)
-    if scheme not in ("amqp", "amqps") or not parsed.hostname:
-        raise ValueError(f"{_without_password(url)!r} is not an amqp:// or amqps:// URL")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        hostname = parsed.hostname
+    except ValueError:  # an unbalanced "[" of an IPv6 literal, say
+        raise ValueError(f"{shown} is not a valid URL") from None
+    if not separator or scheme not in ("amqp", "amqps") or not hostname:
+        raise ValueError(f"{shown} is not an amqp:// or amqps:// URL")
     try:
         parsed.port  # noqa: B018 (raises for a port that is not a number in range)
     except ValueError:
-        raise ValueError(f"{_without_password(url)!r} has a bad port") from None
+        raise ValueError(f"{shown} has a bad port") from None
     if parsed.username is not None and parsed.password is None:
-        raise ValueError(f"{url!r} names a user without a password (amqp://USER:PASSWORD@HOST/)")
+        raise ValueError(f"{shown} names a user without a password (amqp://USER:PASSWORD@HOST/)")
 
 
-def _without_password(url: str) -> str:
-    """``url`` with everything between the user's ``:`` and the last ``@`` masked: also
-    right for a URL whose password holds a character that ends the authority."""
+#: What stands for a password in every message, log record and ``check-config`` output.
+MASK = "***"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_HOST_PORT = re.compile(r"(\[[^\]]*\]|[^:]*)(?::(.*))?", re.DOTALL)
+
+
+def _authority(rest: str) -> str:
+    """What follows ``scheme://`` up to the path, query or fragment (as urllib and pika
+    read it)."""
+    return re.split(r"[/?#]", rest, maxsplit=1)[0]
+
+
+def mask_url(url: str) -> str:
+    """``url`` fit for a message: whatever its shape, no part of a password is left.
+
+    The password is everything from the user's ``:`` to the last ``@`` (so a password
+    holding ``@``, ``:`` or an unencoded ``/`` is masked whole); a URL without ``@`` whose
+    port is not a number may be a password cut short, and loses its port; text that is
+    not ``scheme://...`` may be anything (a password pasted alone), and is not shown.
+    """
     scheme, separator, rest = url.partition("://")
-    if not separator or "@" not in rest:
-        return url
-    userinfo, _, after = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{after}"
+    if not separator or not _SCHEME.fullmatch(scheme):
+        return MASK
+    if "@" in rest:
+        userinfo, _, after = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        return f"{scheme}://{user}{':' + MASK if colon else ''}@{after}"
+    host, port = _host_port(rest)
+    if port is not None and not port.isdigit():
+        return f"{scheme}://{host}:{MASK}"
+    return url
+
+
+def _host_port(rest: str) -> tuple[str, str | None]:
+    """Host and port (None: none) of the authority at the start of ``rest``."""
+    match = _HOST_PORT.fullmatch(_authority(rest))
+    assert match is not None  # the pattern matches any text
+    return match.group(1), match.group(2)
+
+
+def _password_candidates(url: str) -> set[str]:
+    """Every stretch of ``url`` that may be a password, as written."""
+    found = {url}
+    scheme, separator, rest = url.partition("://")
+    text = rest if separator and _SCHEME.fullmatch(scheme) else url
+    # The password starts after the user's ":" (the first one; in text that is not a URL,
+    # any one) and ends at one of the "@" after it (the last one, by our rule; another,
+    # if the operator meant another rule): each such stretch is a candidate.
+    colons = [i for i, char in enumerate(text) if char == ":"]
+    starts = colons if text is url else colons[:1]
+    for at in (i for i, char in enumerate(text) if char == "@"):
+        found.update(text[start + 1 : at] for start in starts if start < at)
+        found.add(text[:at])
+    if "@" not in _authority(text):
+        host, port = _host_port(text)
+        if port is not None and not port.isdigit():  # "amqp://user:password", no "@host"
+            after = text[len(host) + 1 :]
+            ends = [i for i, char in enumerate(after) if char in "/?#"] + [len(after)]
+            found.update(after[:end] for end in ends)
+    try:
+        as_pika_reads_it = urllib.parse.urlsplit(url).password
+    except ValueError:
+        as_pika_reads_it = None
+    found.add(as_pika_reads_it or "")
+    return found
+
+
+def url_secrets(url: str) -> set[str]:
+    """What a text must not show of ``url``: its password as written and as decoded (pika
+    percent-decodes it, so an error of its own may hold that form), and the URL itself."""
+    secrets: set[str] = set()
+    for candidate in _password_candidates(url):
+        secrets.update(
+            (candidate, urllib.parse.unquote(candidate), urllib.parse.unquote_plus(candidate))
+        )
+    secrets.discard("")
+    return secrets
+
+
+def mask_secrets(text: str, urls: Iterable[str]) -> str:
+    """``text`` (an exception's, a log field's) with each of ``urls`` shown masked and any
+    other trace of their passwords replaced by ``***``: for text that comes from elsewhere
+    (pika, the broker) and may quote a URL or a password."""
+    urls = list(urls)
+    for url in urls:
+        text = text.replace(url, mask_url(url))
+    secrets = {secret for url in urls for secret in url_secrets(url)}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+#: Where ``WILDBOAR_AMQP_URLS`` is cut first: at a comma that another URL's ``scheme://``
+#: follows, so that a comma in a password (``amqp://u:pa,ss@h/``) does not cut it.
+_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_urls(text: str) -> Any:
+    """Broker URLs from the environment: a JSON array, or URLs separated by commas. A
+    comma before ``scheme://`` separates, and so does one after the last ``@`` of its
+    URL (so after the password): ``amqp://h1/,h2`` is two URLs, the second one refused,
+    not a vhost ``,h2``; a comma in a vhost or query needs the JSON array."""
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text  # reported by the conversion, with its key (never its text)
+    parts: list[str] = []
+    for chunk in _NEXT_URL.split(text):
+        credentials, at, rest = chunk.rpartition("@")
+        first, *others = rest.split(",")
+        parts += [credentials + at + first, *others]
+    return [part.strip() for part in parts if part.strip()]
+
+
+#: A file of broker URLs is a few lines; anything much larger is not one.
+MAX_URLS_FILE = 64 * 1024
+
+
+def read_urls_file(path: str) -> list[str]:
+    """The broker URLs of ``urls_file``, one per line; ``ValueError`` (one line, naming the
+    file, never a password) when it cannot be read, is readable by others, holds no URL,
+    or holds a bad one."""
+    urls: list[str] = []
+    for number, line in enumerate(_read_secret_file(path).split("\n"), 1):
+        url = line.strip()
+        if not url or url.startswith("#"):
+            continue
+        try:
+            _check_url(url)
+        except ValueError as error:
+            raise ValueError(f"urls_file {path} line {number}: {error}") from None
+        urls.append(url)
+    if not urls:
+        raise ValueError(f"urls_file {path} holds no broker URL (one per line)")
+    return urls
+
+
+def _read_secret_file(path: str) -> str:
+    """The text of a file that holds passwords: a regular file (a FIFO would block the
+    load), not readable by every user, of a sane size, UTF-8."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as error:
+        raise ValueError(f"urls_file {path}: cannot read: {error.strerror}") from None
+    try:
+        _check_secret_file(path, os.fstat(fd).st_mode)
+        data = _read_at_most(fd, MAX_URLS_FILE + 1)
+    except OSError as error:
+        raise ValueError(f"urls_file {path}: cannot read: {error.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_URLS_FILE:
+        raise ValueError(f"urls_file {path} is larger than {MAX_URLS_FILE} octets")
+    try:
+        return data.decode("utf-8-sig")  # a BOM an editor wrote is not the URL's
+    except UnicodeDecodeError:
+        raise ValueError(f"urls_file {path} is not UTF-8 text") from None
+
+
+def _check_secret_file(path: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"urls_file {path} is not a regular file")
+    if mode & 0o004:
+        raise ValueError(
+            f"urls_file {path} is readable by every user (mode {stat.S_IMODE(mode):04o})"
+            " and holds broker passwords: chmod 0640 it (owner root, group of the"
+            " workers' user) or 0600 (owned by the workers' user)"
+        )
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -218,6 +421,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     hostname: str = msgspec.field(default_factory=default_hostname)
     listen: list[Listener] = msgspec.field(default_factory=lambda: list(DEFAULT_LISTEN))
     workers: Positive = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
+    #: TTIN never takes the worker count past this (none: 4 per CPU, at least ``workers``).
+    workers_max: Positive | None = None
     user: str = "wildboar"
     group: str = "wildboar"
     handoff: list[Literal["spool", "amqp", "discard"]] = msgspec.field(
@@ -242,6 +447,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     f" ~{largest} octets, over amqp.max_message_size"
                     f" {self.amqp.max_message_size}: lower the one or raise the other"
                 )
+        if self.workers_max is not None and self.workers_max < self.workers:
+            raise ValueError(f"workers_max {self.workers_max} is less than workers {self.workers}")
         if os.path.abspath(self.amqp_buffer) == os.path.abspath(self.spool.path):
             # The buffer's drain would publish (and remove) the spool handoff's messages.
             raise ValueError(
@@ -288,6 +495,9 @@ def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """``WILDBOAR_WORKERS=4``, ``WILDBOAR_LIMITS_MESSAGE_SIZE=...``, ``WILDBOAR_LISTEN=a,b``.
 
     ``WILDBOAR_SPOOL`` is short for ``WILDBOAR_SPOOL_PATH``; list values are comma-separated.
+    ``WILDBOAR_AMQP_URLS`` is cut only at a comma before another ``scheme://`` (see
+    ``split_urls``), or is a JSON array; set without ``WILDBOAR_AMQP_URLS_FILE``, it also
+    overrides a ``urls_file`` of the file, as any higher source overrides a lower one.
     """
     raw: dict[str, Any] = {}
     for key, value in environ.items():
@@ -303,6 +513,9 @@ def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             raw[name] = [item.strip() for item in value.split(",") if item.strip()]
         else:
             raw[name] = value
+    if isinstance(raw.get("amqp"), dict) and "urls" in raw["amqp"]:
+        raw["amqp"]["urls"] = split_urls(raw["amqp"]["urls"])
+        raw["amqp"].setdefault("urls_file", "")
     return raw
 
 
@@ -411,29 +624,53 @@ def _listeners(value: Any, errors: list[str]) -> list[Listener]:
     return result
 
 
+#: The keys that name files or directories: a relative value is taken from ``directory``.
+PATH_KEYS = (("spool", "path"), ("amqp", "buffer"), ("amqp", "urls_file"))
+
+
+def _absolute_paths(raw: dict[str, Any], directory: str) -> dict[str, Any]:
+    """``raw`` with every relative path of ``PATH_KEYS`` (the default spool path included)
+    joined to ``directory``: the processes run in ``/``, whatever directory ``wildboar
+    serve`` was started in."""
+    spool = raw.setdefault("spool", {})
+    if isinstance(spool, dict):
+        spool.setdefault("path", DEFAULT_SPOOL_PATH)
+    for section, key in PATH_KEYS:
+        table = raw.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(table, dict) and isinstance(value, str) and value:
+            table[key] = os.path.normpath(os.path.join(directory, value))
+    return raw
+
+
 def load(
     *,
     file: str | None = None,
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
+    directory: str | None = None,
 ) -> Config:
     """Defaults < file (``file``, else ``$WILDBOAR_CONFIG``, else the default path if it
-    exists) < environment < flags."""
+    exists) < environment < flags. Relative paths are taken from ``directory`` (default:
+    the current one), so a configuration means the same in every process."""
     environ = os.environ if environ is None else environ
+    directory = directory or os.getcwd()
     path = file or environ.get("WILDBOAR_CONFIG")
     if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
         path = DEFAULT_CONFIG_FILE
+    if path is not None and not os.path.isabs(path):
+        path = os.path.join(directory, path)
     layers: list[Mapping[str, Any]] = [read_file(path)] if path else []
     layers.append(from_env(environ))
     layers.append({k: v for k, v in (flags or {}).items() if v is not None})
-    return build(merge(*layers))
+    return build(_absolute_paths(merge(*layers), directory))
 
 
 def to_toml_like(config: Config) -> str:
     """The effective configuration as TOML text, for ``check-config``; broker passwords
     are shown as ``***`` (its output ends up in tickets and chat)."""
     data = msgspec.to_builtins(config)
-    data["amqp"]["urls"] = [_without_password(url) for url in data["amqp"]["urls"]]
+    data["amqp"]["urls"] = [mask_url(url) for url in data["amqp"]["urls"]]
     lines: list[str] = []
     tables: list[str] = []
     for key, value in data.items():
@@ -464,6 +701,11 @@ def _toml_value(value: Any) -> str:
 def config_flags(parser: argparse.ArgumentParser) -> None:
     """The configuration flags shared by ``wildboar serve``, ``check-config`` and workers."""
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--directory",
+        metavar="DIR",
+        help="where relative paths of the configuration start (default: the current directory)",
+    )
     parser.add_argument("--listen", action="append", metavar="[NAME=]HOST:PORT")
     parser.add_argument("--workers", type=int, metavar="N")
     parser.add_argument("--spool", metavar="DIR", help="spool directory")
@@ -474,11 +716,20 @@ def config_flags(parser: argparse.ArgumentParser) -> None:
         choices=["spool", "amqp", "discard"],
         help="delivery target (repeatable: every one must take the message)",
     )
-    parser.add_argument(
+    brokers = parser.add_mutually_exclusive_group()
+    brokers.add_argument(
         "--amqp-url",
         action="append",
         metavar="URL",
-        help="RabbitMQ URL (repeatable, tried in order); implies --handoff amqp",
+        help="RabbitMQ URL (repeatable, tried in order); implies --handoff amqp. Any local"
+        " user sees a command line (ps): give a URL with a password in --amqp-url-file",
+    )
+    brokers.add_argument(
+        "--amqp-url-file",
+        metavar="FILE",
+        help="file of RabbitMQ URLs, one per line, mode 0640 root:wildboar (read by"
+        " the workers, never on a command line: the place for passwords); implies"
+        " --handoff amqp",
     )
 
 
@@ -491,8 +742,11 @@ def flags_of(args: argparse.Namespace) -> dict[str, object]:
     }
     if args.spool is not None:
         flags["spool"] = {"path": args.spool}
+    urls_file = args.amqp_url_file  # argparse refuses it with --amqp-url
     if args.amqp_url:
-        flags["amqp"] = {"urls": args.amqp_url}
-        if not args.handoff:
-            flags["handoff"] = ["amqp"]
+        flags["amqp"] = {"urls": args.amqp_url, "urls_file": ""}  # over a file's urls_file
+    elif urls_file:
+        flags["amqp"] = {"urls_file": urls_file}
+    if (args.amqp_url or urls_file) and not args.handoff:
+        flags["handoff"] = ["amqp"]
     return flags

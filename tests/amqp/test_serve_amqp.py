@@ -4,16 +4,22 @@ clients (smtplib, swaks, smtp-source), real workers (unprivileged), real broker.
 from __future__ import annotations
 
 import base64
+import contextlib
+import grp
 import json
+import os
 import signal
 import smtplib
 import subprocess
 import time
 import urllib.parse
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 
+from tests import unprivileged
 from tests.amqp.broker import DEAD_URL, URL, Broker, broker
 from tests.amqp.nodes import RabbitNode, private_node
 from tests.system.harness import Server, serving
@@ -223,3 +229,158 @@ def test_an_unreadable_ca_file_in_the_url_stops_the_start_with_one_line(spool_di
     assert "handoff amqp: bad broker URL '127.0.0.1:5671'" in line
     assert "ssl_options" in line and "No such file" in line
     assert len(server.events("worker_exited", "supervisor")) == 1  # no restarts
+
+
+# --- broker passwords (finding 9 of the audit) ---------------------------------------
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, check=True, timeout=120)
+
+
+@contextlib.contextmanager
+def broker_user(password: str) -> Iterator[str]:
+    """A RabbitMQ user of the test's own, with ``password``, allowed everything on ``/``."""
+    name = f"wbt-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_user", name, password)
+    try:
+        rabbitmqctl("set_permissions", "-p", "/", name, ".*", ".*", ".*")
+        yield name
+    finally:
+        rabbitmqctl("delete_user", name)
+
+
+def nasty_password() -> tuple[str, str]:
+    """A password with every character that used to cut or show it (``,`` ``@`` ``:``
+    ``/`` ``%``), and a piece of it found nowhere else (its end)."""
+    piece = uuid.uuid4().hex[:10]
+    return f"p,a@s:s/w%rd{piece}", piece
+
+
+def user_url(user: str, password: str, port: int = 5672) -> str:
+    """The URL as an operator writes it: ``/`` and ``%`` percent-encoded, the rest as is."""
+    return f"amqp://{user}:{urllib.parse.quote(password, safe=',@:')}@127.0.0.1:{port}/%2F"
+
+
+def secret_forms(password: str, url: str, piece: str) -> list[bytes]:
+    forms = [password, urllib.parse.quote(password, safe=",@:"), url, piece]
+    return [form.encode() for form in forms]
+
+
+def secret_file(path: Path, text: str, mode: int = 0o640) -> Path:
+    """``text`` in ``path``, readable by the workers' group only (root:nogroup 0640 when
+    the tests run as root, as root:wildboar 0640 in production)."""
+    path.write_text(text)
+    if unprivileged.AS_ROOT and mode & 0o040:
+        os.chown(path, 0, grp.getgrnam(unprivileged.GROUP).gr_gid)
+    path.chmod(mode)
+    return path
+
+
+def processes(root: int) -> list[int]:
+    """``root`` and every process below it."""
+    found = [root]
+    for pid in found:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def send_one(server: Server, subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+        client.sendmail("a@example.net", ["b@example.org"], f"Subject: {subject}\r\n\r\nok\r\n")
+
+
+def test_a_password_in_the_url_file_is_on_no_command_line_environment_or_log(
+    broker: Broker, spool_dir: Path
+) -> None:
+    """The attack: a local user reads every command line (``ps``) and every log line.
+    ``serve --amqp-url-file`` passes the supervisor and the workers the file's path only;
+    the workers read the file (as nobody, through the group) and reach the broker with
+    the password."""
+    password, piece = nasty_password()
+    with broker_user(password) as user:
+        url = user_url(user, password)
+        urls = secret_file(spool_dir.parent / "amqp-urls", f"# a test broker\n\n{url}\n")
+        env = {"WILDBOAR_AMQP_PREFIX": broker.prefix}
+        with serving(spool_dir, "--amqp-url-file", str(urls), workers=2, env=env) as server:
+            connected(server, 2)
+            send_one(server, "from the file")
+            seen = processes(server.proc.pid)
+            assert len(seen) >= 3  # the supervisor and its two workers
+            for pid in seen:
+                command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+                environment = Path(f"/proc/{pid}/environ").read_bytes()
+                for form in secret_forms(password, url, piece):
+                    assert form not in command_line and form not in environment, pid
+            for pid in server.worker_pids():
+                environment = Path(f"/proc/{pid}/environ").read_bytes()
+                assert f"WILDBOAR_AMQP_URLS_FILE={urls}".encode() in environment.split(b"\0")
+        [item] = broker.get(broker.name(ACCEPTED), 1)
+    assert b"Subject: from the file" in M.decode(item.body).email.data
+    log = "".join(server.stderr).encode()
+    assert not any(form in log for form in secret_forms(password, url, piece))
+
+
+def test_a_comma_in_a_password_in_wildboar_amqp_urls_does_not_cut_the_url(
+    broker: Broker, spool_dir: Path
+) -> None:
+    """Comma-separated, as the environment of a container gives it: the first URL's
+    password holds a comma (and "@", ":", "/", "%"); it is one URL, and it works."""
+    password, piece = nasty_password()
+    with broker_user(password) as user:
+        url = user_url(user, password)
+        env = amqp_env(broker, f"{url},{DEAD_URL}")
+        with serving(spool_dir, "--handoff", "amqp", workers=1, env=env) as server:
+            connected(server, 1)
+            send_one(server, "comma")
+            for pid in processes(server.proc.pid):
+                command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+                assert not any(f in command_line for f in secret_forms(password, url, piece))
+        assert len(broker.get(broker.name(ACCEPTED), 1)) == 1
+    [said] = server.events("amqp_connected")[:1]
+    assert said["broker"] == "127.0.0.1:5672"
+    log = "".join(server.stderr).encode()
+    assert not any(form in log for form in secret_forms(password, url, piece))
+
+
+def test_a_broker_refusing_the_password_is_logged_without_it(
+    broker: Broker, spool_dir: Path
+) -> None:
+    """The broker's refusal (ACCESS_REFUSED) and pika's words about it reach the log with
+    no trace of the password, as written or decoded."""
+    password, piece = nasty_password()
+    url = user_url("guest", password)  # guest's password is "guest"
+    urls = secret_file(spool_dir.parent / "amqp-urls", url + "\n")
+    env = {"WILDBOAR_AMQP_PREFIX": broker.prefix}
+    with serving(spool_dir, "--amqp-url-file", str(urls), workers=1, env=env) as server:
+        [unusable] = server.wait_for("amqp_broker_unusable", timeout=60)[:1]
+    assert unusable["broker"] == "127.0.0.1:5672"
+    log = "".join(server.stderr).encode()
+    assert b"amqp_broker_unusable" in log
+    assert not any(form in log for form in secret_forms(password, url, piece))
+
+
+def test_a_url_file_the_workers_cannot_read_stops_the_start_with_one_line(
+    spool_dir: Path,
+) -> None:
+    """Root (serve) can read a 0600 root file; the workers' user cannot: each worker says
+    so in one line naming the file, and the server stops instead of restarting them."""
+    if not unprivileged.AS_ROOT:
+        return  # as one user, serve and its workers read the same files
+    password, piece = nasty_password()
+    url = user_url("guest", password)
+    urls = secret_file(spool_dir.parent / "amqp-urls", url + "\n", mode=0o600)
+    server = Server(spool_dir, "--amqp-url-file", str(urls), workers=1)
+    try:
+        status = server.proc.wait(timeout=60)
+    finally:
+        server.kill()
+    stderr = "".join(server.stderr)
+    assert status == 1, stderr
+    [line] = [x for x in server.stderr if x.startswith("wildboar-worker:")]
+    assert line.strip() == (
+        f"wildboar-worker: config: amqp: urls_file {urls}: cannot read: Permission denied"
+    )
+    assert not any(form in stderr.encode() for form in secret_forms(password, url, piece))

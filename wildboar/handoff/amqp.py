@@ -12,7 +12,10 @@ Must not know: sessions or SMTP syntax; the outcome is a ``Delivery``.
 Security: the broker is trusted, but its failures never reach a client as text: every
 failure is the catalogue reply ``451 4.3.0`` (or ``552 5.3.4`` for a record larger than
 the broker takes, which no retry can publish). Broker credentials live in the URLs of the
-configuration and are never logged (only host and port are).
+configuration and are never logged: brokers are named by host, port and vhost (parsed from
+``config.mask_url``, so from a URL without its password), and every text that leaves this
+module (log fields, start errors, the connection's name and close reason) goes through
+``config.mask_secrets``, since pika's or the broker's words may quote a URL or a password.
 
 Outcomes of one publish (``deliver``):
 
@@ -43,7 +46,7 @@ import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from .. import smtp
-from ..config import EXCHANGE_NAMES, Amqp
+from ..config import EXCHANGE_NAMES, Amqp, mask_secrets, mask_url
 from ..message import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Message, encode
 from .base import (
     DELIVERED,
@@ -115,14 +118,19 @@ class _InFlight:
 
 
 def describe_url(url: str) -> str:
-    """``host:port/vhost`` of a broker URL: what the log may show (no credentials)."""
-    parsed = urllib.parse.urlsplit(url)
+    """``host:port/vhost`` of a broker URL: what the log may show. Read from the masked
+    URL, so that no shape of URL (a password with ``/`` or ``@``) brings a password here."""
+    try:
+        parsed = urllib.parse.urlsplit(mask_url(url))
+        hostname = parsed.hostname or "?"
+    except ValueError:  # never raise while reporting an error
+        return "?"
     try:
         port: int | str = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
-    except ValueError:  # not a number: say so, never raise while reporting an error
+    except ValueError:  # not a number: say so
         port = "?"
     vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else "/"
-    return f"{parsed.hostname}:{port}{'' if vhost == '/' else '/' + vhost}"
+    return f"{hostname}:{port}{'' if vhost == '/' else '/' + vhost}"
 
 
 def queue_arguments(settings: Amqp) -> dict[str, Any]:
@@ -153,7 +161,8 @@ class AmqpHandoff(Handoff):
     ) -> None:
         self.settings = settings
         self.pacing = pacing or Pacing()
-        self.connection_name = connection_name
+        # Shown by the broker to its administrators: nothing of a password either.
+        self.connection_name = mask_secrets(connection_name, settings.urls)
         self.content_type = (
             CONTENT_TYPE_MSGPACK if settings.format == "msgpack" else CONTENT_TYPE_JSON
         )
@@ -193,11 +202,14 @@ class AmqpHandoff(Handoff):
                 parameters = pika.URLParameters(url)
             except OSError as error:  # ssl_options naming a file this user cannot read
                 raise HandoffStartError(
-                    f"bad broker URL {describe_url(url)!r}: its ssl_options: {error}"
+                    f"bad broker URL {describe_url(url)!r}: its ssl_options:"
+                    f" {self._masked(str(error))}"
                     " (a certificate, key or CA file missing or unreadable by this user?)"
                 ) from None
             except Exception as error:  # anything pika's URL parsing raises: one line
-                raise HandoffStartError(f"bad broker URL {describe_url(url)!r}: {error}") from None
+                raise HandoffStartError(
+                    f"bad broker URL {describe_url(url)!r}: {self._masked(str(error))}"
+                ) from None
             parameters.heartbeat = self.settings.heartbeat
             parameters.connection_attempts = 1
             parameters.socket_timeout = self.settings.connect_timeout
@@ -218,7 +230,7 @@ class AmqpHandoff(Handoff):
             async with asyncio.timeout(min(START_WAIT, self.settings.connect_timeout)):
                 await self._up.wait()
         if not self._up.is_set():
-            report(
+            self._report(
                 logging.WARNING,
                 "amqp_unreachable_at_start",
                 brokers=[name for name, _ in self._parameters],
@@ -242,16 +254,16 @@ class AmqpHandoff(Handoff):
         if why is None:
             return DELIVERED
         if why == TOO_BIG:  # it can never be published: neither retry nor buffer it
-            report(logging.ERROR, "amqp_too_big", message=message.email.id, why=TOO_BIG)
+            self._report(logging.ERROR, "amqp_too_big", message=message.email.id, why=TOO_BIG)
             return failed(TOO_BIG_FOR_BROKER)
         if self.buffer is None:
-            report(logging.ERROR, "amqp_not_published", message=message.email.id, why=why)
+            self._report(logging.ERROR, "amqp_not_published", message=message.email.id, why=why)
             return failed(LOCAL_PROBLEM)
         outcome = await self.buffer.deliver(message)
         if outcome.ok:
             self.buffered += 1
             self._drain_wake.set()
-            report(logging.WARNING, "amqp_buffered", message=message.email.id, why=why)
+            self._report(logging.WARNING, "amqp_buffered", message=message.email.id, why=why)
         return outcome
 
     async def close(self) -> None:
@@ -278,6 +290,18 @@ class AmqpHandoff(Handoff):
             await asyncio.sleep(0.01)
         if self.buffer is not None:
             await self.buffer.close()
+
+    def _report(self, level: int, event: str, **fields: object) -> None:
+        """``report``, each text field masked: a ``why`` may quote pika or the broker."""
+        report(level, event, **{key: self._masked(value) for key, value in fields.items()})
+
+    def _masked(self, value: Any) -> Any:
+        """``value`` (a text, or a list of them) without any trace of a broker password."""
+        if isinstance(value, str):
+            return mask_secrets(value, self.settings.urls)
+        if isinstance(value, list):
+            return [self._masked(item) for item in value]
+        return value
 
     # --- publishing ----------------------------------------------------------------
 
@@ -348,7 +372,7 @@ class AmqpHandoff(Handoff):
                 except (pika.exceptions.AMQPError, OSError) as error:
                     why = f"publish failed: {type(error).__name__}"
         if why is not None:
-            report(
+            self._report(
                 logging.WARNING, "amqp_rejected_not_published", message=message.email.id, why=why
             )
 
@@ -440,11 +464,13 @@ class AmqpHandoff(Handoff):
             try:
                 await self._connect(parameters)
             except (BrokerError, TimeoutError, OSError) as error:
-                report(logging.WARNING, "amqp_broker_unusable", broker=name, why=_reason(error))
+                self._report(
+                    logging.WARNING, "amqp_broker_unusable", broker=name, why=_reason(error)
+                )
                 self._disconnect("connect failed")
                 continue
             self.broker = name
-            report(logging.INFO, "amqp_connected", broker=name)
+            self._report(logging.INFO, "amqp_connected", broker=name)
             opened_at = time.monotonic()
             self._up.set()
             self._drain_wake.set()
@@ -453,7 +479,7 @@ class AmqpHandoff(Handoff):
             self._up.clear()
             self._fail_in_flight(f"connection lost: {why}")
             self._disconnect(why)
-            report(logging.WARNING, "amqp_connection_lost", broker=name, why=why)
+            self._report(logging.WARNING, "amqp_connection_lost", broker=name, why=why)
             return time.monotonic() - opened_at >= STABLE_AFTER
         return False
 
@@ -568,7 +594,7 @@ class AmqpHandoff(Handoff):
         self._side = None
         delay = self._side_delay
         self._side_delay = min(delay * 2, SIDE_RETRY_MAX)
-        report(
+        self._report(
             logging.WARNING,
             "amqp_side_channel_closed",
             broker=self.broker,
@@ -602,18 +628,18 @@ class AmqpHandoff(Handoff):
                 channel.exchange_declare(self.rejected_exchange, "direct", durable=True)
                 if self.settings.events:
                     channel.exchange_declare(self.events_exchange, "topic", durable=True)
-            report(logging.INFO, "amqp_side_channel_reopened", broker=self.broker)
+            self._report(logging.INFO, "amqp_side_channel_reopened", broker=self.broker)
 
     def _on_blocked(self, connection: Any, frame: Any) -> None:
         # RabbitMQ says so when a connection publishes during a memory or disk alarm, and
         # holds what it published until the alarm clears: do not keep the senders waiting.
         self._blocked = True
-        report(logging.WARNING, "amqp_blocked", broker=self.broker, why="resource alarm")
+        self._report(logging.WARNING, "amqp_blocked", broker=self.broker, why="resource alarm")
         self._fail_in_flight("blocked by a broker alarm")
 
     def _on_unblocked(self, connection: Any, frame: Any) -> None:
         self._blocked = False
-        report(logging.INFO, "amqp_unblocked", broker=self.broker)
+        self._report(logging.INFO, "amqp_unblocked", broker=self.broker)
 
     def _lose(self, why: str) -> None:
         self._channel = None
@@ -634,7 +660,7 @@ class AmqpHandoff(Handoff):
         self._cancel_side_retry()
         if connection is not None and not (connection.is_closed or connection.is_closing):
             with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-                connection.close(reply_text=why[:200])
+                connection.close(reply_text=self._masked(why)[:200])
 
     # --- store and forward -----------------------------------------------------------
 
@@ -650,7 +676,9 @@ class AmqpHandoff(Handoff):
             try:
                 more = await self._drain_pass()
             except (OSError, SpoolError) as error:
-                report(logging.ERROR, "amqp_drain_failed", buffer=self.buffer_path, why=str(error))
+                self._report(
+                    logging.ERROR, "amqp_drain_failed", buffer=self.buffer_path, why=str(error)
+                )
                 more = None
             if more:
                 backoff = self.pacing.drain_idle
@@ -687,7 +715,7 @@ class AmqpHandoff(Handoff):
                     done, failures = await self._drain_window(spool, window)
                     published += done
                     if failures:
-                        report(
+                        self._report(
                             logging.WARNING,
                             "amqp_drain_stopped",
                             published=published,
@@ -695,7 +723,7 @@ class AmqpHandoff(Handoff):
                             why=failures[0],
                         )
                         return None
-                report(logging.INFO, "amqp_drained", published=published)
+                self._report(logging.INFO, "amqp_drained", published=published)
                 return True
         except SpoolBusy:
             return False  # another worker drains it
@@ -725,7 +753,7 @@ class AmqpHandoff(Handoff):
 
     async def _set_aside(self, spool: Spool, urn: str, into: str, why: str) -> None:
         path = await asyncio.to_thread(spool.quarantine, urn, into)
-        report(logging.ERROR, "amqp_set_aside", message=urn, why=why, path=path)
+        self._report(logging.ERROR, "amqp_set_aside", message=urn, why=why, path=path)
 
 
 def _root_cause(error: BaseException) -> BaseException:
