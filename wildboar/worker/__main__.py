@@ -85,28 +85,33 @@ async def run(
     await Worker(config, listeners, handoffs, control).run()
 
 
+def _say(text: str) -> None:
+    """One line for the operator on stderr (non-blocking once logging is set up)."""
+    logs.write_line(f"wildboar-worker: {text}\n".encode())
+    logs.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wildboar-worker")
     parser.add_argument("--control-fd", type=int, required=True)
     config_flags(parser)
     args = parser.parse_args(argv)
     try:
-        config = load(file=args.config, flags=flags_of(args))
+        config = load(file=args.config, flags=flags_of(args), directory=args.directory)
     except ConfigError as error:
         for line in error.errors:
             print(f"wildboar-worker: config: {line}", file=sys.stderr)
         return WORKER_BOOT_ERROR
     logs.setup(config.log_format)
     if os.geteuid() == 0:
-        print("wildboar-worker: refusing to run as root; start it through the supervisor",
-              file=sys.stderr)  # fmt: skip
+        _say("refusing to run as root; start it through the supervisor")
         return WORKER_BOOT_ERROR
     try:
         control = socket.socket(fileno=args.control_fd)
         listeners = receive_sockets(control)
         uvloop.run(run(config, listeners, control))
     except BootError as error:
-        print(f"wildboar-worker: {error}", file=sys.stderr)
+        _say(str(error))
         return WORKER_BOOT_ERROR
     except KeyboardInterrupt:
         return 0

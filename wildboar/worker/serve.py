@@ -26,6 +26,7 @@ from .. import message as M
 from .. import smtp
 from ..config import Config
 from ..handoff.base import Delivery, Handoff, combine
+from .content import Budget, content_directory
 from .logs import add_sink, flush, log
 from .session import SHUTDOWN, TIMEOUT, TOO_MANY_SESSIONS, Session
 
@@ -63,6 +64,9 @@ class Worker:
         self.draining = asyncio.Event()
         self.drain_deadline = config.timeouts.drain
         self.loop = asyncio.get_running_loop()
+        # Content beyond sessions.content_memory waits on the disk that holds the mail.
+        self.content_directory = content_directory(os.path.join(config.spool.path, "tmp"))
+        self.budget = Budget(config.sessions.delivery_memory)
         self._backoff = ACCEPT_BACKOFF_MIN
         self._rejecting = [h for h in handoffs if type(h).rejected is not Handoff.rejected]
         for handoff in handoffs:
@@ -90,6 +94,7 @@ class Worker:
             server=self.id,
             pid=os.getpid(),
             listeners=[n for n, _ in self.listeners],
+            content_directory=self.content_directory,
         )
         # The drain deadline of this worker's configuration: after a HUP the supervisor
         # drains it with the reloaded value, not the one it was started with.
@@ -197,8 +202,14 @@ class Worker:
                     log("handoff_timeout", level=30, connection=session.id, server=self.id)
                     session.expire_handoff()
                 else:
-                    log("session_timeout", connection=session.id, server=self.id)
-                    session.shutdown(TIMEOUT)
+                    reply = session.timeout_reply(now)
+                    log(
+                        "session_timeout",
+                        connection=session.id,
+                        server=self.id,
+                        lifetime=reply is not TIMEOUT,
+                    )
+                    session.shutdown(reply)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -256,6 +267,9 @@ class Worker:
             sessions=len(self.sessions),
             deadline=self.drain_deadline,
         )
+        # Idle sessions get 421 now; the others once their transaction is over.
+        for session in list(self.sessions):
+            session.drain()
         end = self.clock() + self.drain_deadline
         while self.sessions and self.clock() < end:
             await asyncio.sleep(0.05)

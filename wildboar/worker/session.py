@@ -8,13 +8,21 @@ not reading our replies), the session's deadline (checked by the worker's sweepe
 message record.
 Must not know: how handoffs store messages, how sockets were obtained.
 Security: a client controls everything that arrives here; the core parses it with bounded
-memory, this class only buffers message content (bounded by the message size limit) and
-never writes anything but the core's replies.
+memory; this class holds at most ``sessions.content_memory`` octets of message content in
+memory (the rest waits in an unnamed temp file, ``content.py``) and reads a message back
+whole only for its handoff, under the worker's delivery budget. Time is bounded too: the
+data-block deadline moves on with the octets that arrive (``timeouts.data_rate``), not
+with each piece, and no session outlives ``timeouts.session``. While the worker drains,
+a transaction in progress may finish and the session is then closed with 421, so a stop
+waits for one transaction per session, not for the drain deadline. It never writes
+anything but the core's replies, and closes only between commands, never with a reply
+unsent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import socket
 from collections.abc import Callable
@@ -22,7 +30,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import message as M
 from .. import smtp
-from ..handoff.base import Delivery
+from ..handoff.base import Delivery, local_failure
+from .content import Content
 from .logs import log
 
 if TYPE_CHECKING:
@@ -33,19 +42,21 @@ BACKLOG_HIGH_WATER = 256 * 1024
 # Events handled in one turn of the event loop: a client pipelining thousands of commands
 # in one read must not hold the worker (its heartbeat, every other session) for long.
 EVENTS_PER_TURN = 64
-# Content counts as progress against the data-block timeout once this much has come: a
-# client dripping a byte at a time into BDAT cannot hold a session open for ever.
-PROGRESS_OCTETS = 1024
 # A session told to shut down whose connection is still open this much later (the client
 # does not read the reply) is aborted.
 ABORT_AFTER = 1.0
+# Draining, a session between transactions is closed if it sends nothing for this long.
+DRAIN_IDLE_GRACE = 1.0
 # States in which the session reads message content (the data-block timeout applies).
 IN_DATA = frozenset({smtp.State.DATA, smtp.State.BDAT})
+# States without a transaction: a draining session in one of them is closed at once.
+IDLE = frozenset({smtp.State.GREETING, smtp.State.REFUSED, smtp.State.CONNECTED, smtp.State.READY})
 Wait = smtp.Wait
 MessageData = smtp.MessageData
 ACCEPT = smtp.Accept()
 SHUTDOWN = smtp.Reply(421, "4.3.2", "Service shutting down, try again later")
 TIMEOUT = smtp.Reply(421, "4.4.2", "Error: timeout exceeded")
+LIFETIME = smtp.Reply(421, "4.4.2", "Error: session lasted too long, reconnect to go on")
 TOO_MANY_SESSIONS = smtp.Reply(421, "4.7.0", "Error: too many connections, try again later")
 HANDOFF_TIMEOUT = smtp.Reply(451, "4.3.0", "Error: queue timeout, try again later")
 LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Error: local problem, try again later")
@@ -83,14 +94,18 @@ class Session(asyncio.Protocol):
         self.created = _now()
         self.transport: asyncio.Transport | None = None
         self.deadline = worker.clock() + config.timeouts.command
+        #: The session ends here whatever the client does (``timeouts.session``).
+        self.ends_at = worker.clock() + config.timeouts.session
         self.client_ip = ""
         self.record: M.Connection | None = None
         self.transaction: tuple[str, datetime.datetime] | None = None
         # One buffer, not a list of pieces: content arriving a byte per read must cost a
-        # byte of memory per byte, not a bytes object per byte.
-        self.content = bytearray()
-        self.progress = 0  # content octets since the deadline was last moved on
+        # byte of memory per byte, not a bytes object per byte; beyond a threshold, a file.
+        self.content = Content(worker.content_directory, config.sessions.content_memory)
+        self.octets = 0  # content octets this turn: each moves the data-block deadline on
         self.touched_in_data = False  # whether the deadline is a data-block one
+        self.draining = False  # the worker drains: close once the transaction is over
+        self.transactions = 0  # transactions ended (delivered, refused, reset) so far
         self.more = False  # events left for a later turn (EVENTS_PER_TURN)
         self.shutdown_at: float | None = None  # when shutdown() sent its reply
         self.delivering: asyncio.Task[None] | None = None
@@ -169,6 +184,7 @@ class Session(asyncio.Protocol):
         the client does not read our replies (``pause_writing``): replies to pipelined
         commands cannot pile up in memory, and the rest waits for a later turn."""
         conn = self.conn
+        self.octets = 0
         progressed = self._handle_events(conn)
         output = self._output
         output.append(conn.data_to_send())
@@ -176,11 +192,12 @@ class Session(asyncio.Protocol):
         output.clear()
         in_data = conn.state in IN_DATA
         if progressed or (replies and not self.more) or in_data is not self.touched_in_data:
-            # The deadline runs per command line or kilobyte of content, not per read: a
-            # client dripping one byte at a time cannot hold a session open for ever. It
-            # also switches to the data-block timeout as content begins (BDAT has no reply
-            # before its chunk is in).
+            # The deadline runs per command, not per read: a client dripping one byte at a
+            # time cannot hold a session open for ever. It also switches to the data-block
+            # timeout as content begins (BDAT has no reply before its chunk is in).
             self._touch(in_data)
+        elif self.octets and in_data:
+            self._credit(self.octets)
         if replies and self.transport is not None and not self.closed:
             self.transport.write(replies)
         self._flow(conn)
@@ -200,10 +217,7 @@ class Session(asyncio.Protocol):
                 break
             handled += 1
             if type(event) is MessageData:
-                self.progress += len(event.data)
-                if self.progress >= PROGRESS_OCTETS:
-                    self.progress = 0
-                    progressed = True
+                self.octets += len(event.data)
             else:
                 progressed = True
             self._handle(event)
@@ -229,13 +243,15 @@ class Session(asyncio.Protocol):
 
     def _handle(self, event: smtp.Event) -> None:
         if type(event) is smtp.MessageData:
-            self.content += event.data
+            self.content.append(event.data)
         elif type(event) is smtp.MessageComplete:
             # No pause_reading here: while the question waits the core consumes nothing,
             # and the backlog mark in _process stops reading if the client sends on.
             self.delivering = self.worker.loop.create_task(self._deliver(event))
         elif type(event) is smtp.MailFrom:
-            refusal = self.worker.refusal("mail")
+            # Draining, a session gets the transaction it came for, not one more.
+            late = self.draining and self.transactions > 0
+            refusal = SHUTDOWN if late else self.worker.refusal("mail")
             if refusal is not None:
                 self._answer(refusal)
                 return
@@ -292,9 +308,42 @@ class Session(asyncio.Protocol):
                 rejection = M.Rejection(
                     code=reply.code, enhanced=reply.status or "", text=" ".join(reply.lines)
                 )
-                self.worker.rejected(self._message(envelope, rejection, message_id))
+                self._record_rejection(envelope, rejection, message_id)
         self.content.clear()
+        if self.transaction is not None:
+            self._transaction_ended()
         self.transaction = None
+
+    def _record_rejection(
+        self, envelope: smtp.Envelope, rejection: M.Rejection, message_id: str | None
+    ) -> None:
+        """The rejected record, with its content: read back in a thread when it was
+        spilled (the session goes on with a fresh ``Content``)."""
+        content = self.content
+        if not content.spilled:
+            with contextlib.suppress(OSError):
+                data = content.read()
+                self.worker.rejected(self._message(envelope, rejection, message_id, data))
+            return
+        self.content = Content(self.worker.content_directory, content.memory)
+        rejected = (envelope, rejection, message_id, self.transaction)
+        self.worker.loop.create_task(self._reject_spilled(content, *rejected))
+
+    async def _reject_spilled(
+        self,
+        content: Content,
+        envelope: smtp.Envelope,
+        rejection: M.Rejection,
+        message_id: str | None,
+        transaction: tuple[str, datetime.datetime] | None,
+    ) -> None:
+        try:
+            data = await asyncio.to_thread(content.read)
+        except OSError:
+            return
+        finally:
+            content.clear()
+        self.worker.rejected(self._message(envelope, rejection, message_id, data, transaction))
 
     def _close(self) -> None:
         self._flush()
@@ -304,22 +353,38 @@ class Session(asyncio.Protocol):
     # --- handoff -------------------------------------------------------------------
 
     async def _deliver(self, event: smtp.MessageComplete) -> None:
-        record = self._message(event.envelope)
-        self.content.clear()
+        envelope = event.envelope
+        message_id = M.new_urn()
         # The worker's sweeper enforces the handoff timeout (see expired): no timer per
-        # message, which a busy worker would feel.
+        # message, which a busy worker would feel. Waiting for the budget counts.
         self.deadline = self.worker.clock() + self.worker.config.timeouts.handoff
+        budget = self.worker.budget
+        taken = 0
         try:
-            delivery = await self.worker.deliver(record)
+            taken = await budget.acquire(self.content.size)
+            delivery = await self._hand_off(envelope, message_id)
         except asyncio.CancelledError:
             if not self.handoff_expired:
                 raise
             delivery = Delivery(ok=False, reply=HANDOFF_TIMEOUT)
+        except OSError as error:  # the content could not be kept (a full disk)
+            log("content_failed", level=40, message=message_id, error=str(error))
+            delivery = local_failure(error)
         except Exception as bug:  # a handoff's bug must not leave the client hanging
-            log("handoff_error", level=40, message=record.email.id, error=repr(bug))
+            log("handoff_error", level=40, message=message_id, error=repr(bug))
             delivery = Delivery(ok=False, reply=LOCAL_ERROR)
+        finally:
+            budget.release(taken)
+            self.content.clear()
         self.handoff_expired = False
-        self._delivered(record, delivery)
+        self._delivered(envelope, message_id, delivery)
+
+    async def _hand_off(self, envelope: smtp.Envelope, message_id: str) -> Delivery:
+        content = self.content
+        data = await asyncio.to_thread(content.read) if content.spilled else content.read()
+        record = self._message(envelope, message_id=message_id, content=data)
+        del data  # the record holds it; nothing else may
+        return await self.worker.deliver(record)
 
     def expire_handoff(self) -> None:
         """The handoff took longer than its timeout: stop waiting, answer 451."""
@@ -327,23 +392,23 @@ class Session(asyncio.Protocol):
             self.handoff_expired = True
             self.delivering.cancel()
 
-    def _delivered(self, record: M.Message, delivery: Delivery) -> None:
+    def _delivered(self, envelope: smtp.Envelope, message_id: str, delivery: Delivery) -> None:
         self.delivering = None
         if delivery.ok:
             self.messages += 1
             self.worker.messages += 1
-            answer: smtp.Answer = smtp.Accept(f"Ok: queued as {record.email.id}")
+            answer: smtp.Answer = smtp.Accept(f"Ok: queued as {message_id}")
         else:
             answer = delivery.reply or HANDOFF_TIMEOUT
         log(
             "message_accepted" if delivery.ok else "message_deferred",
             connection=self.id,
             server=self.worker.id,
-            transaction=record.transaction.id,
-            message=record.email.id,
-            sender=record.email.sender,
-            recipients=len(record.email.to),
-            size=record.email.size,
+            transaction=self.transaction[0] if self.transaction else None,
+            message=message_id,
+            sender=envelope.sender,
+            recipients=len(envelope.recipients),
+            size=envelope.size,
             reply=None if delivery.ok else answer.to_bytes().decode().strip(),  # type: ignore[union-attr]
         )
         if self.closed:
@@ -351,16 +416,34 @@ class Session(asyncio.Protocol):
             return
         self._answer(answer)
         self.transaction = None
+        self._transaction_ended()
         self._touch()
         self._process()
+
+    def _transaction_ended(self) -> None:
+        self.transactions += 1
+        if self.draining:
+            self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        """Draining: give the client ``DRAIN_IDLE_GRACE`` seconds for its next command (a
+        QUIT, usually, or a MAIL that gets 421), then close if it sent none."""
+        self.worker.loop.call_later(DRAIN_IDLE_GRACE, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self.delivering is None and self.conn.state in IDLE and not self.closed:
+            self.shutdown(SHUTDOWN)
 
     def _message(
         self,
         envelope: smtp.Envelope,
         rejection: M.Rejection | None = None,
         message_id: str | None = None,
+        content: bytes = b"",
+        transaction: tuple[str, datetime.datetime] | None = None,
     ) -> M.Message:
-        assert self.record is not None and self.transaction is not None
+        transaction = transaction or self.transaction
+        assert self.record is not None and transaction is not None
         message_id = message_id or M.new_urn()
         now = _now()
         received = smtp.received_header(
@@ -370,7 +453,7 @@ class Session(asyncio.Protocol):
             when=now,
             id=message_id.removeprefix("urn:uuid:"),
         )
-        txn_id, txn_time = self.transaction
+        txn_id, txn_time = transaction
         return M.Message(
             server=self.worker.server_record,
             connection=self.record,
@@ -385,7 +468,7 @@ class Session(asyncio.Protocol):
                 id=message_id,
                 creation_time=now,
                 received=received,
-                content=bytes(self.content),
+                content=content,
             ),
             rejection=rejection,
         )
@@ -414,10 +497,33 @@ class Session(asyncio.Protocol):
             timeouts.data_block if in_data else timeouts.command
         )
 
+    def _credit(self, octets: int) -> None:
+        """Content arrived: each octet moves the data-block deadline on by 1/``data_rate``
+        seconds, never beyond ``data_block`` from now. A client must keep an average of
+        ``data_rate`` octets a second (with ``data_block`` seconds of slack), however it
+        cuts its content into pieces."""
+        timeouts = self.worker.config.timeouts
+        latest = self.worker.loop.time() + timeouts.data_block
+        self.deadline = min(latest, self.deadline + octets / timeouts.data_rate)
+
     def expired(self, now: float) -> bool:
-        """Past the deadline: of the next command or piece of content, or of the handoff
-        while a message is being made durable."""
-        return now >= self.deadline and (not self.closed or self.delivering is not None)
+        """Past the deadline: of the handoff while a message is being made durable, else
+        of the next command or piece of content, or of the session's lifetime."""
+        if self.delivering is not None:
+            return now >= self.deadline
+        return not self.closed and (now >= self.deadline or now >= self.ends_at)
+
+    def timeout_reply(self, now: float) -> smtp.Reply:
+        return LIFETIME if now >= self.ends_at else TIMEOUT
+
+    def drain(self) -> None:
+        """The worker drains: a transaction in progress finishes; a session that had none
+        yet may have the one it came for; then its next MAIL gets 421, and a session that
+        sends nothing more is closed with 421 ``DRAIN_IDLE_GRACE`` seconds later."""
+        self.draining = True
+        idle = self.delivering is None and self.conn.state in IDLE
+        if idle and self.transactions > 0:
+            self._close_when_idle()
 
     def shutdown(self, reply: smtp.Reply) -> None:
         """Close now with ``reply`` (timeout, end of drain); a pending handoff finishes first.
