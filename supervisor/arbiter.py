@@ -13,8 +13,8 @@ escape) are ignored: a compromised worker cannot make it fork more workers or re
 (it is the same user, and could only kill the service, which it can do anyway). The sender
 is looked up as the signal arrives; one that exits and is reaped by its own parent before
 that is not recognised, so the cost stays bounded whatever: TTIN never goes beyond
-``--workers-max``, and HUP only replaces workers. Every wait is bounded, so the supervisor always exits after a
-stop; writing its log never blocks (``log.py``).
+``--workers-max``, and HUP only replaces workers. Every wait is bounded, so the supervisor
+always exits after a stop; writing its log never blocks (``log.py``).
 
 Limits (seconds unless named):
     BACKOFF_MIN 0.1 doubling to BACKOFF_MAX 30, reset when the dead worker had been ready for
