@@ -167,6 +167,36 @@ def test_a_message_refused_after_its_content_goes_to_the_rejected_exchange(
     assert broker.depth(broker.name(ACCEPTED)) == 0
 
 
+def test_a_refused_message_larger_than_memory_is_recorded_whole(
+    broker: Broker, spool_dir: Path
+) -> None:
+    """Content past ``sessions.content_memory`` waits in a temp file; refused, it is read
+    back from there (in a thread) for the rejected record: all of what arrived, in order."""
+    env = amqp_env(broker)
+    env["WILDBOAR_LIMITS_MESSAGE_SIZE"] = "300000"
+    lines = [b"%06d" % n + b"r" * 992 + b"\r\n" for n in range(400)]
+    with serving(spool_dir, "--handoff", "amqp", workers=1, env=env) as server:
+        connected(server, 1)
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as client:
+            client.ehlo("c.example")
+            client.esmtp_features.pop("size", None)
+            try:
+                client.sendmail("a@example.net", ["b@example.org"], b"".join(lines))
+                raise AssertionError("an oversized message was accepted")
+            except smtplib.SMTPDataError as error:
+                assert error.smtp_code == 552
+        [refused] = server.wait_for("message_refused")
+        deadline = time.monotonic() + 30
+        while broker.depth(broker.name(REJECTED)) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    [item] = broker.get(broker.name(REJECTED), 1)
+    record = M.decode(item.body)
+    assert refused["message"] == record.email.id
+    content = record.email.data.removeprefix(record.email.received.encode() + b"\r\n")
+    assert len(content) > 4 * 65536
+    assert b"".join(lines).startswith(content)
+
+
 def test_amqp_url_flag_selects_the_amqp_handoff_and_stays_off_command_lines(
     broker: Broker, spool_dir: Path
 ) -> None:
