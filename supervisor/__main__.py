@@ -31,6 +31,7 @@ from .log import WRITER, log
 from .notify import Notifier
 from .options import PROG, Options, parse_options
 from .privileges import drop_privileges, lookup_identity, running_as_root
+from .signals import block as block_signals
 from .sockets import Listener, bind_all, socket_activated, take_inherited
 
 
@@ -110,6 +111,10 @@ def run(argv: Sequence[str]) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    # From here on stderr is written by a thread and never blocks (log.py); the signals
+    # are blocked first, so that no thread but the arbiter's takes one.
+    block_signals()
+    WRITER.start()
     _log_start(started)
     options = started.options
     log("started", pid=os.getpid(), workers=options.workers, command=list(options.worker_command))
