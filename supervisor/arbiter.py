@@ -71,6 +71,8 @@ LAST_WORDS_READS: Final = 16
 _PR_SET_CHILD_SUBREAPER: Final = 36
 #: Reaped orphans (descendants of workers) remembered, for signals they sent before dying.
 ORPHANS_REMEMBERED: Final = 256
+#: The signals that change what the supervisor runs (TERM and INT only stop it).
+COMMANDS: Final = frozenset({signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU})
 
 
 @dataclass(frozen=True)
@@ -92,16 +94,29 @@ def parent_of(pid: int) -> int | None:
     return int(fields[1]) if len(fields) > 1 else None
 
 
-def descends_from(pid: int, ancestor: int) -> bool:
-    """Whether process ``pid`` is a descendant of ``ancestor`` (while both exist)."""
+DESCENDANT: Final = "descendant"
+OTHER: Final = "other"
+GONE: Final = "gone"
+
+
+def kinship(pid: int, ancestor: int) -> str:
+    """What process ``pid`` is to ``ancestor``: ``DESCENDANT``, ``OTHER`` (its parent
+    chain reaches init without ``ancestor``), or ``GONE`` (it, or a process of its chain,
+    exited before the chain was read: it cannot be told). A chain deeper than
+    ``ANCESTRY_DEPTH`` counts as a descendant: no process that may command the supervisor
+    is nested that deep, and a worker could nest its children so to hide."""
+    if parent_of(pid) is None:
+        return GONE
     for _ in range(ANCESTRY_DEPTH):
         parent = parent_of(pid)
-        if parent is None or parent <= 1:
-            return False
+        if parent is None:
+            return GONE
         if parent == ancestor:
-            return True
+            return DESCENDANT
+        if parent <= 1:
+            return OTHER
         pid = parent
-    return False
+    return DESCENDANT
 
 
 def become_subreaper() -> None:
@@ -157,7 +172,7 @@ class Arbiter:
         self._listeners = listeners
         self._notifier = notifier
         self._env = env
-        self._signals = SignalInbox(lambda pid: descends_from(pid, os.getpid()))
+        self._signals = SignalInbox(lambda pid: kinship(pid, os.getpid()))
         self._selector = selectors.DefaultSelector()
         self._slots: dict[int, Slot] = {}
         self._retiring: list[Worker] = []
@@ -273,9 +288,7 @@ class Arbiter:
     def _on_message(self, worker: Worker, message: control.Message, now: float) -> None:
         match message:
             case control.Ready(pid=pid, drain=drain, handoff=handoff):
-                worker.drain_timeout = drain
-                worker.handoff_timeout = handoff
-                self._on_ready(worker, pid, now)
+                self._on_ready(worker, pid, drain, handoff, now)
             case control.Heartbeat(sessions=sessions, messages=messages):
                 worker.sessions, worker.messages = sessions, messages
                 worker.last_heartbeat = now
@@ -284,9 +297,19 @@ class Arbiter:
             case control.Malformed(reason=reason):
                 log("bad_message", "warning", **worker.fields(), reason=reason)
 
-    def _on_ready(self, worker: Worker, claimed_pid: int, now: float) -> None:
+    def _on_ready(
+        self,
+        worker: Worker,
+        claimed_pid: int,
+        drain: float | None,
+        handoff: float | None,
+        now: float,
+    ) -> None:
         if worker.phase is not Phase.BOOTING:
+            # Once only: a later "ready" could move its kill deadline at stop out to days.
+            log("bad_message", "warning", **worker.fields(), reason="ready after ready")
             return
+        worker.drain_timeout, worker.handoff_timeout = drain, handoff
         worker.phase = Phase.READY
         worker.ready_at = worker.last_heartbeat = now
         self._boot_failures = 0
@@ -571,8 +594,9 @@ class Arbiter:
                 continue  # SIGCHLD: only a wake-up, reaping follows
             name = signal.Signals(received.signum).name
             sender = {"sender_pid": received.pid, "sender_uid": received.uid}
-            if self._sent_by_a_worker(received):
-                log("signal_ignored", "warning", signal=name, **sender, reason="sent by a worker")
+            why = self._distrusted(received)
+            if why:
+                log("signal_ignored", "warning", signal=name, **sender, reason=why)
                 continue
             if self._stop is not None:
                 log("signal_ignored", signal=name, reason="stopping")
@@ -583,12 +607,24 @@ class Arbiter:
             log("signals_dropped", "warning", count=self._signals.dropped - self._signals_dropped)
             self._signals_dropped = self._signals.dropped
 
-    def _sent_by_a_worker(self, received: Received) -> bool:
+    def _distrusted(self, received: Received) -> str:
+        """Why a signal is not acted on ("" if it is): one sent by a worker or any of its
+        descendants; and a HUP, TTIN or TTOU whose sender is gone and ran as the workers'
+        user, which cannot be told from a worker's child that exited at once (root's, the
+        kernel's and a live outsider's signals are acted on)."""
         if received.pid <= 0 or received.pid == os.getpid():
-            return False  # the kernel (a terminal), or the supervisor itself
-        if received.descendant or received.pid in self._orphans:
-            return True
-        return any(w.pid == received.pid for w in self._all_workers())
+            return ""  # the kernel (a terminal), or the supervisor itself
+        if received.sender == DESCENDANT or received.pid in self._orphans:
+            return "sent by a worker or a process of a worker"
+        if any(w.pid == received.pid for w in self._all_workers()):
+            return "sent by a worker or a process of a worker"
+        own_user = received.uid == os.getuid() != 0
+        if received.sender == GONE and own_user and received.signum in COMMANDS:
+            return (
+                "the sender is gone and ran as the workers' user: it cannot be told from a"
+                " worker's (send it as root, or from a process that stays, such as a shell)"
+            )
+        return ""
 
     def _handle_term(self, now: float) -> None:
         self._begin_stop(EXIT_OK, "stop requested", now)

@@ -25,7 +25,6 @@ SD_LISTEN_FDS_START: Final = 3
 #: What a worker needs from the environment; everything else stays with the supervisor.
 ALLOWED: Final = frozenset(
     {
-        "PATH",
         "LANG",
         "LANGUAGE",
         "TZ",
@@ -41,6 +40,8 @@ ALLOWED: Final = frozenset(
     }
 )
 ALLOWED_PREFIXES: Final = ("LC_", "WILDBOAR_")
+#: The workers' PATH, whatever root's was (a directory of root's own, ~/.local/bin, ...).
+WORKER_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _PR_SET_NO_NEW_PRIVS: Final = 38
 _PR_CAP_AMBIENT: Final = 47
@@ -81,7 +82,8 @@ def _allowed(name: str, extra: Iterable[str]) -> bool:
 def worker_environment(environ: Mapping[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """The allow-listed part of ``environ`` (plus the names or ``PREFIX*`` in ``extra``)."""
     extra = tuple(extra)
-    return {name: value for name, value in environ.items() if _allowed(name, extra)}
+    allowed = {name: value for name, value in environ.items() if _allowed(name, extra)}
+    return {"PATH": WORKER_PATH, **allowed}
 
 
 # --- capabilities -------------------------------------------------------------------

@@ -41,8 +41,9 @@ class Received:
     signum: int
     pid: int  # the sender's (si_pid); 0 from the kernel (a terminal's Ctrl-C, a child's CHLD)
     uid: int
-    #: What the inbox's ``descendant`` test said of the sender as the signal arrived.
-    descendant: bool = False
+    #: What the inbox's ``classify`` said of the sender as the signal arrived (the
+    #: arbiter's words: "descendant", "other", "gone"); "" for the kernel's signals.
+    sender: str = ""
 
 
 def block() -> None:
@@ -53,11 +54,11 @@ def block() -> None:
 class SignalInbox:
     """A queue of received signals and a descriptor that becomes readable with it."""
 
-    def __init__(self, descendant: Callable[[int], bool] = lambda pid: False) -> None:
-        """``descendant(pid)``: whether the sender is one of the supervisor's descendants,
-        asked by the thread the moment a signal arrives (a sender that exits at once may
-        be gone by the time the loop looks)."""
-        self._descendant = descendant
+    def __init__(self, classify: Callable[[int], str] = lambda pid: "other") -> None:
+        """``classify(pid)``: what the sender is to the supervisor, asked by the thread the
+        moment a signal arrives (a sender that exits at once may be gone by the time the
+        loop looks)."""
+        self._classify = classify
         self._pending: deque[Received] = deque()
         self._lock = threading.Lock()
         self.dropped = 0
@@ -77,8 +78,9 @@ class SignalInbox:
         while True:
             info = signal.sigwaitinfo(HANDLED)
             pid = info.si_pid
-            ours = info.si_signo != signal.SIGCHLD and pid > 0 and self._descendant(pid)
-            self._record(Received(info.si_signo, pid, info.si_uid, ours))
+            asked = info.si_signo != signal.SIGCHLD and pid > 0
+            sender = self._classify(pid) if asked else ""
+            self._record(Received(info.si_signo, pid, info.si_uid, sender))
 
     def _record(self, received: Received) -> None:
         with self._lock:

@@ -33,11 +33,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import fcntl
 import os
 import pwd
 import re
 import stat
 import sys
+import termios
 from collections.abc import Callable
 
 import msgspec
@@ -144,10 +146,29 @@ def _become_owner(path: str) -> None:
     if uid == ROOT_UID:
         return
     gid = _primary_group(path, uid)
+    _leave_terminal()
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     _check_dropped(path, uid, gid)
+
+
+def _leave_terminal() -> None:
+    """Give up root's controlling terminal (``TIOCNOTTY``: a process that is not the session
+    leader only detaches itself) and a terminal on stdin before becoming the spool's owner:
+    this process reads what the workers wrote, and must not be able to push input into
+    root's shell (``TIOCSTI``) if that ever went wrong. Output may still go to the terminal:
+    every character that could drive it is escaped."""
+    with contextlib.suppress(OSError):
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, termios.TIOCNOTTY)
+        finally:
+            os.close(fd)
+    if os.isatty(0):
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
 
 
 def _primary_group(path: str, uid: int) -> int:

@@ -25,8 +25,10 @@ Behaviour the tests ask for, through the environment:
     ECHO_WORKER_GARBAGE=1          after ready, send messages that break the contract
     ECHO_WORKER_READY_HANDOFF=S    say in "ready" that handoffs may take S s after a drain
     ECHO_WORKER_SIGNAL_PARENT=N    after ready, send the supervisor N x TTIN and one HUP, then
-                                   the same from a double-forked grandchild (a compromised
-                                   worker's attack)
+                                   the same from a double-forked grandchild, from children
+                                   that exit and are reaped at once, and TTOU from the end of
+                                   a chain of 70 nested children (a compromised worker's
+                                   attacks)
     ECHO_WORKER_PROBE=1            at start, report what this process can reach: terminals
                                    among its descriptors, a controlling terminal, TIOCSTI,
                                    capabilities, environment, open files; and write a line
@@ -251,6 +253,27 @@ def signal_parent(count: int) -> None:
             os.kill(supervisor, signal.SIGHUP)
             say("grandchild_signalled", supervisor=supervisor, parent=os.getppid())
         os._exit(0)
+    for _ in range(count):  # a child that signals and is gone before anyone looks
+        child = os.fork()
+        if child == 0:
+            os.kill(supervisor, signal.SIGTTIN)
+            os._exit(0)
+        os.waitpid(child, 0)
+    nested_signal(supervisor, 70)
+    say("signalled_all", supervisor=supervisor)
+
+
+def nested_signal(supervisor: int, depth: int) -> None:
+    """TTOU from the deepest of ``depth`` nested children (each waits for its own)."""
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return
+    if depth > 1:
+        nested_signal(supervisor, depth - 1)
+    else:
+        os.kill(supervisor, signal.SIGTTOU)
+    os._exit(0)
 
 
 def tiocsti(fd: int) -> str:

@@ -224,16 +224,21 @@ def test_signals_from_a_worker_or_its_descendants_are_ignored(
     supervisors: Callable[..., Supervisor],
 ) -> None:
     """A compromised worker sent its supervisor TTIN ten times and got eleven workers. Now
-    the supervisor ignores the signals of its workers and of their descendants (a double
-    fork included: it is their subreaper), and says so."""
+    the supervisor ignores the signals of its workers and of their descendants: a double
+    fork (it is their subreaper), children that exit and are reaped at once (gone, and of
+    the workers' user), and the end of a chain of 70 nested children (deeper than anything
+    that may command it); and it says so."""
     sup = start(supervisors, "--workers", "1", ECHO_WORKER_SIGNAL_PARENT="10")
     (worker,) = sup.wait_serving(1)
     grandchild = sup.wait_event("echo_grandchild_signalled", timeout=10)["pid"]
     assert grandchild != worker
     # (Signals of one kind sent in a burst may arrive as one: count senders, not signals.)
+    descendant = "sent by a worker or a process of a worker"
     for sender in (worker, grandchild):
-        sup.wait_event("signal_ignored", reason="sent by a worker", sender_pid=sender)
+        sup.wait_event("signal_ignored", reason=descendant, sender_pid=sender)
+    sup.wait_event("echo_signalled_all", timeout=20)
     time.sleep(1.0)
+    assert not sup.find("signal", signal="SIGTTIN") and not sup.find("signal", signal="SIGTTOU")
     assert len(sup.find("worker_spawned")) == 1
     assert not sup.find("reloading") and not sup.find("workers_changed")
     assert sup.ready_workers() == {worker}

@@ -299,21 +299,28 @@ def test_boot_errors_exit_3_with_one_line(
         worker.close()
 
 
-def test_accept_loop_survives_running_out_of_descriptors(spool_dir: Path) -> None:
-    worker = WorkerProcess(spool_dir, max_files=48)  # a real EMFILE, from the kernel
+def test_a_worker_with_few_descriptors_refuses_sessions_instead_of_running_out(
+    spool_dir: Path,
+) -> None:
+    """With a hard limit of 100 open files a worker serves (100 - 64) / 2 = 18 sessions
+    (two descriptors each at most), so 80 clients that connect and wait get 421 4.7.0
+    beyond that instead of an accept loop out of descriptors, and the worker serves on."""
+    worker = WorkerProcess(spool_dir, max_files=100)  # the kernel's limit, for real
     try:
         worker.receive("ready")
-        clients = []
-        for _ in range(80):
-            clients.append(socket.create_connection(("127.0.0.1", worker.port), timeout=10))
-        time.sleep(1.0)
+        assert worker.wait_log("sessions_capped")[0]["per_worker"] == 18
+        clients = [
+            socket.create_connection(("127.0.0.1", worker.port), timeout=10) for _ in range(80)
+        ]
+        greetings = [client.recv(512) for client in clients]
+        assert sum(g.startswith(b"220 ") for g in greetings) == 18
+        assert sum(g.startswith(b"421 4.7.0 ") for g in greetings) == 62
         for client in clients:
             client.close()
         time.sleep(1.5)
         with smtplib.SMTP("127.0.0.1", worker.port, timeout=10) as client:
             assert client.noop()[0] == 250
         assert worker.proc.poll() is None
-        assert worker.wait_log("accept_backoff")
     finally:
         worker.close()
 

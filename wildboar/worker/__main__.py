@@ -12,15 +12,28 @@ on stderr naming why.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
+import logging
 import os
+import resource
 import socket
 import sys
 from collections.abc import Sequence
 
+import msgspec
 import uvloop
 
-from ..config import Config, ConfigError, config_flags, flags_of, load
+from ..config import (
+    Config,
+    ConfigError,
+    config_file,
+    config_flags,
+    flags_of,
+    load,
+    serving_errors,
+)
 from ..handoff.amqp import AmqpHandoff
 from ..handoff.base import Handoff, HandoffStartError
 from ..handoff.discard import DiscardHandoff
@@ -91,21 +104,66 @@ def _say(text: str) -> None:
     logs.flush()
 
 
+#: prctl(2): the process may not be traced, nor its /proc entries read, by its own user.
+_PR_SET_DUMPABLE = 4
+#: Descriptors a worker keeps besides two per session (its socket, a spilled content file).
+RESERVED_DESCRIPTORS = 64
+
+
+def not_dumpable() -> None:
+    """Other processes of the workers' user (another daemon running as ``nobody``, a
+    compromised worker) can then neither ptrace this one nor take its descriptors
+    (``pidfd_getfd``) nor read its environment: each worker is its own island."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    unused = ctypes.c_ulong(0)
+    libc.prctl(_PR_SET_DUMPABLE, ctypes.c_ulong(0), unused, unused, unused)
+
+
+def fit_descriptors(config: Config) -> Config:
+    """Raise the soft limit on open files to the hard one; if even that cannot hold two
+    descriptors for every session (its socket and its spilled content), serve fewer."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    room = (soft - RESERVED_DESCRIPTORS) // 2 if soft != resource.RLIM_INFINITY else 1 << 30
+    sessions = config.sessions
+    if room >= sessions.per_worker:
+        return config
+    fewer = max(1, room)
+    logs.log(
+        "sessions_capped",
+        logging.WARNING,
+        per_worker=fewer,
+        configured=sessions.per_worker,
+        open_files=soft,
+        why="the limit on open files holds two descriptors for this many sessions only",
+    )
+    return msgspec.structs.replace(
+        config, sessions=msgspec.structs.replace(sessions, per_worker=fewer)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    not_dumpable()
     parser = argparse.ArgumentParser(prog="wildboar-worker")
     parser.add_argument("--control-fd", type=int, required=True)
     config_flags(parser)
     args = parser.parse_args(argv)
     try:
         config = load(file=args.config, flags=flags_of(args), directory=args.directory)
+        errors = serving_errors(config, config_file(args.config, directory=args.directory))
     except ConfigError as error:
-        for line in error.errors:
-            print(f"wildboar-worker: config: {line}", file=sys.stderr)
+        errors = error.errors
+    for line in errors:
+        print(f"wildboar-worker: config: {line}", file=sys.stderr)
+    if errors:
         return WORKER_BOOT_ERROR
     logs.setup(config.log_format)
     if os.geteuid() == 0:
         _say("refusing to run as root; start it through the supervisor")
         return WORKER_BOOT_ERROR
+    config = fit_descriptors(config)
     try:
         control = socket.socket(fileno=args.control_fd)
         listeners = receive_sockets(control)
