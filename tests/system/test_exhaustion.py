@@ -68,7 +68,9 @@ def test_200_sessions_holding_9_mb_each_keep_a_worker_under_128_mb(spool_dir: Pa
     meanwhile."""
     with serving(spool_dir, workers=1) as server:
         [worker] = server.worker_pids()
-        [ready] = [r for r in server.events("worker_ready") if "component" not in r]
+        # The worker's own record (the supervisor's has a "component").
+        ready = server.wait_for("worker_ready", count=2)
+        [ready] = [r for r in ready if "component" not in r]
         assert ready["content_directory"] == str(spool_dir / "tmp")
         sessions: list[socket.socket] = []
         try:
@@ -164,3 +166,21 @@ def drain_fifo(fd: int, quiet: float = 2.0) -> list[dict[str, object]]:
         with contextlib.suppress(ValueError):
             records.append(json.loads(line))
     return records
+
+
+def test_a_worker_is_no_island_for_its_own_user_to_reach_into(spool_dir: Path) -> None:
+    """Workers were dumpable: any process of their user (another daemon running as nobody,
+    a compromised worker) could read their environment (a broker password given with
+    --amqp-url), ptrace them or take their descriptors. Now each worker is non-dumpable,
+    and its soft limit on open files is its hard one."""
+    with serving(spool_dir, workers=1) as server:
+        [worker] = server.worker_pids()
+        probe = subprocess.run(
+            [sys.executable, "-c", f"open('/proc/{worker}/environ', 'rb').read()"],
+            capture_output=True, text=True, timeout=30, check=False,
+            **unprivileged.popen_user(),  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe
+        limits = Path(f"/proc/{worker}/limits").read_text()
+        [soft, hard] = re.search(r"Max open files\s+(\S+)\s+(\S+)", limits).groups()  # type: ignore[union-attr]
+        assert soft == hard, limits

@@ -17,7 +17,7 @@ import pytest
 from wildboar import message as M
 
 from .. import unprivileged
-from .harness import running_worker, spool_files
+from .harness import WorkerProcess, running_worker, spool_files
 
 
 def start_data(sock: socket.socket) -> None:
@@ -136,3 +136,17 @@ def test_no_session_outlives_its_lifetime(spool_dir: Path) -> None:
         assert reply.startswith(b"421 4.4.2 ") and b"too long" in reply, reply
         assert 3 <= time.monotonic() - started < 6
         assert worker.wait_log("session_timeout")[0]["lifetime"] is True
+
+
+def test_a_worker_fits_its_sessions_to_the_open_files_it_may_have(spool_dir: Path) -> None:
+    """Each session in DATA past its memory holds two descriptors (its socket, its temp
+    file): a worker raises its soft limit to the hard one, and with a hard limit of 300 it
+    serves (300 - 64) / 2 sessions at most instead of running out of descriptors at ~140
+    and refusing everyone (as an audit saw with 1024 and 1000 sessions)."""
+    worker = WorkerProcess(spool_dir, max_files=300)
+    try:
+        worker.receive("ready")
+        [capped] = worker.wait_log("sessions_capped")
+        assert capped["per_worker"] == 118 and capped["configured"] == 1000
+    finally:
+        worker.close()
