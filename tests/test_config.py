@@ -36,6 +36,9 @@ message_size = 35000000
 
 [timeouts]
 command = 120
+
+[recipients]
+domains = ["example.org", "bücher.example"]
 """
 
 
@@ -147,6 +150,23 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         timeout=60,
         check=False,
     )
+
+
+def test_a_file_that_does_not_say_whose_mail_to_take_does_not_serve(tmp_path: Path) -> None:
+    """A configuration file without ``recipients.domains`` would make a server that takes
+    mail for every domain (an open relay for whatever is behind it): check-config refuses
+    it, naming the key; without any file (the embedded default) every domain is accepted,
+    and check-config says so first."""
+    result = cli("check-config", "--config", write(tmp_path, "workers = 1\n"))
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("wildboar: config: recipients.domains: not set in ")
+    embedded = cli("check-config")
+    assert embedded.returncode == 0
+    assert embedded.stdout.startswith("# warning: recipients.domains: every domain is accepted")
+    listed = cli("check-config", env={"WILDBOAR_RECIPIENTS_DOMAINS": "a.example,b.example"})
+    assert '[recipients]\ndomains = ["a.example", "b.example"]\n' in listed.stdout
+    assert "# warning" not in listed.stdout
 
 
 def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:

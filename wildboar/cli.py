@@ -168,11 +168,13 @@ def _load(args: argparse.Namespace, resolve_hostname: bool = True) -> C.Config |
     if not resolve_hostname and flags.get("hostname") is None:
         flags["hostname"] = UNRESOLVED_HOSTNAME
     try:
-        return C.load(file=args.config, flags=flags, directory=args.directory)
+        config = C.load(file=args.config, flags=flags, directory=args.directory)
+        errors = C.serving_errors(config, C.config_file(args.config, directory=args.directory))
     except C.ConfigError as error:
-        for line in error.errors:
-            print(f"wildboar: config: {line}", file=sys.stderr)
-        return None
+        errors = error.errors
+    for line in errors:
+        print(f"wildboar: config: {line}", file=sys.stderr)
+    return None if errors else config
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

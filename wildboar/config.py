@@ -18,6 +18,8 @@ import re
 import socket
 import stat
 import tomllib
+import types
+import typing
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
@@ -97,6 +99,15 @@ class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: the data-block timeout runs out: each octet moves the deadline on by 1/rate seconds,
     #: never beyond ``data_block`` from now. A drip cannot hold a session for ever.
     data_rate: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1024
+
+
+class Recipients(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Whom this server receives mail for (``wildboar.policy``)."""
+
+    #: The domains; ``["*"]`` accepts every one (for trying out, never for an MX). Unset:
+    #: every one without a configuration file (the embedded default, which says so), and
+    #: a configuration file that leaves it unset does not serve (``serving_errors``).
+    domains: list[str] | None = None
 
 
 class Sessions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -434,6 +445,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     extensions: Extensions = Extensions()
     timeouts: Timeouts = Timeouts()
     sessions: Sessions = Sessions()
+    recipients: Recipients = Recipients()
     log_format: Literal["auto", "json", "journal"] = "auto"
 
     def __post_init__(self) -> None:
@@ -477,6 +489,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "extensions": Extensions,
     "timeouts": Timeouts,
     "sessions": Sessions,
+    "recipients": Recipients,
 }
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Config)}
 
@@ -605,7 +618,9 @@ def _env_list(text: str) -> Any:
 
 
 def _is_list(type_: Any) -> bool:
-    return getattr(type_, "__origin__", None) is list
+    """``list[...]``, or ``list[...] | None``."""
+    options = typing.get_args(type_) if isinstance(type_, types.UnionType) else (type_,)
+    return any(getattr(option, "__origin__", None) is list for option in options)
 
 
 def _listeners(value: Any, errors: list[str]) -> list[Listener]:
@@ -643,6 +658,43 @@ def _absolute_paths(raw: dict[str, Any], directory: str) -> dict[str, Any]:
     return raw
 
 
+def config_file(
+    file: str | None = None, environ: Mapping[str, str] | None = None, directory: str | None = None
+) -> str | None:
+    """The file ``load`` reads: ``file``, else ``$WILDBOAR_CONFIG``, else the default path if
+    it exists; absolute (relative to ``directory``). None: no file, the embedded default."""
+    environ = os.environ if environ is None else environ
+    path = file or environ.get("WILDBOAR_CONFIG")
+    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
+        path = DEFAULT_CONFIG_FILE
+    if path is not None and not os.path.isabs(path):
+        path = os.path.join(directory or os.getcwd(), path)
+    return path
+
+
+def serving_errors(config: Config, file: str | None) -> list[str]:
+    """What stops ``config`` (read from ``file``, None for none) from serving mail: a
+    configuration file that does not say which domains are ours."""
+    if file is not None and config.recipients.domains is None:
+        return [
+            f"recipients.domains: not set in {file}: list the domains this server receives"
+            ' mail for (["*"] accepts every domain: for trying out, never for an MX)'
+        ]
+    return []
+
+
+def serving_warnings(config: Config) -> list[str]:
+    """What ``check-config`` and a worker's start-up log say about a configuration that
+    serves, but not as an MX should."""
+    domains = config.recipients.domains
+    if domains is None or "*" in domains:
+        return [
+            'recipients.domains: every domain is accepted (the embedded default, or "*"):'
+            " this server takes mail for anyone, fine for trying it out, never for an MX"
+        ]
+    return []
+
+
 def load(
     *,
     file: str | None = None,
@@ -655,11 +707,7 @@ def load(
     the current one), so a configuration means the same in every process."""
     environ = os.environ if environ is None else environ
     directory = directory or os.getcwd()
-    path = file or environ.get("WILDBOAR_CONFIG")
-    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
-        path = DEFAULT_CONFIG_FILE
-    if path is not None and not os.path.isabs(path):
-        path = os.path.join(directory, path)
+    path = config_file(file, environ, directory)
     layers: list[Mapping[str, Any]] = [read_file(path)] if path else []
     layers.append(from_env(environ))
     layers.append({k: v for k, v in (flags or {}).items() if v is not None})
@@ -668,7 +716,8 @@ def load(
 
 def to_toml_like(config: Config) -> str:
     """The effective configuration as TOML text, for ``check-config``; broker passwords
-    are shown as ``***`` (its output ends up in tickets and chat)."""
+    are shown as ``***`` (its output ends up in tickets and chat). A key left unset (TOML
+    has no null) is shown as a comment saying so; warnings come first, as comments."""
     data = msgspec.to_builtins(config)
     data["amqp"]["urls"] = [mask_url(url) for url in data["amqp"]["urls"]]
     lines: list[str] = []
@@ -680,12 +729,17 @@ def to_toml_like(config: Config) -> str:
         elif isinstance(value, dict):
             tables.append(f"[{key}]\n" + _toml_table(value))
         else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n\n" + "\n\n".join(tables) + "\n"
+            lines.append(_toml_line(key, value))
+    warnings = "".join(f"# warning: {warning}\n" for warning in serving_warnings(config))
+    return warnings + "\n".join(lines) + "\n\n" + "\n\n".join(tables) + "\n"
+
+
+def _toml_line(key: str, value: Any) -> str:
+    return f"# {key} is not set" if value is None else f"{key} = {_toml_value(value)}"
 
 
 def _toml_table(table: Mapping[str, Any]) -> str:
-    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in table.items())
+    return "".join(_toml_line(key, value) + "\n" for key, value in table.items())
 
 
 def _toml_value(value: Any) -> str:

@@ -23,7 +23,7 @@ from tests import unprivileged
 from tests.amqp.broker import DEAD_URL, URL, Broker, broker
 from tests.amqp.nodes import RabbitNode, private_node
 from tests.system.harness import Server, serving
-from tests.system.test_serve import smtp_source
+from tests.system.test_serve import ANY_DOMAIN, smtp_source
 from wildboar import message as M
 from wildboar.handoff import Spool
 from wildboar.handoff.amqp import ACCEPTED, REJECTED
@@ -85,14 +85,14 @@ def test_with_the_broker_down_sessions_get_421_and_later_mail_flows(
     broker: Broker, spool_dir: Path
 ) -> None:
     config = spool_dir.parent / "wildboar.toml"
-    config.write_text(f'[amqp]\nurls = ["{DEAD_URL}"]\nprefix = "{broker.prefix}"\n')
+    config.write_text(f'[amqp]\nurls = ["{DEAD_URL}"]\nprefix = "{broker.prefix}"\n{ANY_DOMAIN}')
     with serving(spool_dir, "--handoff", "amqp", "--config", str(config), workers=1) as server:
         try:
             smtplib.SMTP("127.0.0.1", server.port, timeout=30)
             raise AssertionError("a session was accepted with no broker")
         except smtplib.SMTPConnectError as error:
             assert error.smtp_code == 421 and b"4.3.2" in error.smtp_error
-        config.write_text(f'[amqp]\nurls = ["{URL}"]\nprefix = "{broker.prefix}"\n')
+        config.write_text(f'[amqp]\nurls = ["{URL}"]\nprefix = "{broker.prefix}"\n{ANY_DOMAIN}')
         server.signal(signal.SIGHUP)
         server.wait_for("reloaded", component="supervisor", timeout=60)
         connected(server, 1)
@@ -118,14 +118,14 @@ def test_store_and_forward_keeps_every_250_and_publishes_it_once_when_the_broker
 ) -> None:
     config = spool_dir.parent / "wildboar.toml"
     settings = f'prefix = "{broker.prefix}"\nstore_and_forward = true\n'
-    config.write_text(f'[amqp]\nurls = ["{DEAD_URL}"]\n{settings}')
+    config.write_text(f'[amqp]\nurls = ["{DEAD_URL}"]\n{settings}{ANY_DOMAIN}')
     with serving(spool_dir, "--handoff", "amqp", "--config", str(config), workers=2) as server:
         output = smtp_source(server.port, 100, 5, "buffered")
         assert "fatal" not in output, output
         accepted = {a["message"] for a in server.wait_for("message_accepted", 100)}
         assert Spool(spool_dir / "amqp").count() == 100
         # The operator points the server at the real broker.
-        config.write_text(f'[amqp]\nurls = ["{URL}"]\n{settings}')
+        config.write_text(f'[amqp]\nurls = ["{URL}"]\n{settings}{ANY_DOMAIN}')
         server.signal(signal.SIGHUP)
         server.wait_for("reloaded", component="supervisor", timeout=60)
         deadline = time.monotonic() + 60

@@ -22,6 +22,8 @@ from ..supervisor.test_privileges import assert_unprivileged, free_privileged_po
 from .harness import Server, serving, spooled
 
 ERRORS: list[str] = []
+#: A configuration file must say whose mail the server takes; these tests take anyone's.
+ANY_DOMAIN = '[recipients]\ndomains = ["*"]\n'
 
 
 def send_one(port: int, subject: str, *, timeout: float = 15.0) -> bool:
@@ -290,12 +292,12 @@ def test_hup_applies_hostname_and_drain_from_the_file(spool_dir: Path) -> None:
     """Values the file sets (not flags) are the reloaded ones: the greeting's hostname, and
     the drain deadline the supervisor gives the new workers when they stop."""
     config = spool_dir.parent / "wildboar.toml"
-    config.write_text('hostname = "before.example.org"\n[timeouts]\ndrain = 30\n')
+    config.write_text(f'hostname = "before.example.org"\n[timeouts]\ndrain = 30\n{ANY_DOMAIN}')
     argv = [sys.executable, "-m", "wildboar.cli", "serve", "--workers", "1", "--listen",
             "127.0.0.1:0", "--spool", str(spool_dir), "--config", str(config)]  # fmt: skip
     with serving(spool_dir, command=argv, workers=1) as server:
         assert greeting(server.port).startswith("220 before.example.org ")
-        config.write_text('hostname = "after.example.org"\n[timeouts]\ndrain = 2\n')
+        config.write_text(f'hostname = "after.example.org"\n[timeouts]\ndrain = 2\n{ANY_DOMAIN}')
         server.signal(signal.SIGHUP)
         server.wait_for("reloaded", component="supervisor", timeout=60)
         assert greeting(server.port).startswith("220 after.example.org ")
@@ -308,15 +310,15 @@ def test_hup_applies_hostname_and_drain_from_the_file(spool_dir: Path) -> None:
 
 def test_hup_applies_the_reloaded_configuration(spool_dir: Path) -> None:
     config = spool_dir.parent / "wildboar.toml"
-    config.write_text("[limits]\nmessage_size = 1000000\n")
+    config.write_text(f"[limits]\nmessage_size = 1000000\n{ANY_DOMAIN}")
     with serving(spool_dir, "--config", str(config), workers=1) as server:
         assert ehlo_size(server.port) == 1_000_000
-        config.write_text("[limits]\nmessage_size = 2000000\n")
+        config.write_text(f"[limits]\nmessage_size = 2000000\n{ANY_DOMAIN}")
         server.signal(signal.SIGHUP)
         server.wait_for("reloaded", component="supervisor", timeout=60)
         assert ehlo_size(server.port) == 2_000_000
         # A broken configuration does not take the server down: the reload is abandoned.
-        config.write_text("[limits]\nmessage_size = -1\n")
+        config.write_text(f"[limits]\nmessage_size = -1\n{ANY_DOMAIN}")
         server.signal(signal.SIGHUP)
         server.wait_for("reload_failed", component="supervisor", timeout=60)
         assert ehlo_size(server.port) == 2_000_000

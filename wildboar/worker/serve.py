@@ -24,8 +24,9 @@ from typing import Literal
 
 from .. import message as M
 from .. import smtp
-from ..config import Config
+from ..config import Config, serving_warnings
 from ..handoff.base import Delivery, Handoff, combine
+from ..policy import RecipientPolicy
 from .content import Budget, content_directory
 from .logs import add_sink, flush, log
 from .session import SHUTDOWN, TIMEOUT, TOO_MANY_SESSIONS, Session
@@ -67,6 +68,7 @@ class Worker:
         # Content beyond sessions.content_memory waits on the disk that holds the mail.
         self.content_directory = content_directory(os.path.join(config.spool.path, "tmp"))
         self.budget = Budget(config.sessions.delivery_memory)
+        self.policy = RecipientPolicy(config.recipients.domains)
         self._backoff = ACCEPT_BACKOFF_MIN
         self._rejecting = [h for h in handoffs if type(h).rejected is not Handoff.rejected]
         for handoff in handoffs:
@@ -89,6 +91,8 @@ class Worker:
         # The supervisor decides; a terminal's Ctrl-C reaches the whole process group.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.loop.add_signal_handler(signal.SIGTERM, self.draining.set)
+        for warning in serving_warnings(self.config):
+            log("config_warning", level=30, server=self.id, warning=warning)
         log(
             "worker_ready",
             server=self.id,

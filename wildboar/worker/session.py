@@ -258,7 +258,7 @@ class Session(asyncio.Protocol):
             self.transaction = (M.new_urn(), _now())
             self._answer(ACCEPT)
         elif type(event) is smtp.RcptTo:
-            self._answer(ACCEPT)
+            self._answer(self.worker.policy.check(event.recipient) or ACCEPT)
         elif type(event) is smtp.TransactionAborted:
             self._aborted(event)
         elif type(event) is smtp.ConnectionClosed:
