@@ -1,0 +1,71 @@
+"""wildboar.lmtp: a sans-IO LMTP client (RFC 2033), for the LMTP handoff.
+
+Commands in (``send`` returns the bytes to write), server bytes in (``receive_data``),
+events out (``next_event``). No sockets, no clocks, no logging: the asyncio shell does I/O,
+timeouts and pooling. See ``client.py`` for the usage loop and the pipelining rules.
+"""
+
+from wildboar.smtp.errors import LocalProtocolError
+
+from ._replies import MAX_LINE, MAX_LINES, ServerExtensions
+from .client import (
+    CONNECTION_LOST,
+    NEED_DATA,
+    PROTOCOL_ERROR,
+    Bdat,
+    BdatReply,
+    ClientConnection,
+    Closed,
+    Command,
+    Content,
+    Data,
+    DataReady,
+    Event,
+    Greeting,
+    Lhlo,
+    LhloDone,
+    Mail,
+    MailReply,
+    Quit,
+    Rcpt,
+    RcptReply,
+    RecipientResult,
+    Rset,
+    RsetDone,
+    State,
+    Wait,
+    dot_stuff,
+)
+
+__all__ = [
+    "CONNECTION_LOST",
+    "MAX_LINE",
+    "MAX_LINES",
+    "NEED_DATA",
+    "PROTOCOL_ERROR",
+    "Bdat",
+    "BdatReply",
+    "ClientConnection",
+    "Closed",
+    "Command",
+    "Content",
+    "Data",
+    "DataReady",
+    "Event",
+    "Greeting",
+    "Lhlo",
+    "LhloDone",
+    "LocalProtocolError",
+    "Mail",
+    "MailReply",
+    "Quit",
+    "Rcpt",
+    "RcptReply",
+    "RecipientResult",
+    "Rset",
+    "RsetDone",
+    "ServerExtensions",
+    "State",
+    "Wait",
+    "dot_stuff",
+]
