@@ -214,6 +214,9 @@ def supervisor_command(config: C.Config, args: argparse.Namespace) -> list[str]:
         worker += ["--spool", args.spool]
     # --amqp-url and --amqp-url-file imply the amqp handoff, for the workers as for serve.
     implied = ["amqp"] if args.amqp_url or args.amqp_url_file else []
+    if args.lmtp:
+        worker += ["--lmtp", args.lmtp]
+        implied.append("lmtp")
     for handoff in args.handoff or implied:
         worker += ["--handoff", handoff]
     return [*command, "--", *worker]

@@ -101,6 +101,48 @@ class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_rate: Annotated[int, msgspec.Meta(ge=1, le=1 << 30)] = 1024
 
 
+_LMTP_URL = re.compile(
+    r"lmtp:(?:unix:(?P<path>/\S+)|(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):(?P<port>[0-9]{1,5}))"
+)
+
+
+def parse_lmtp_url(url: str) -> tuple[str, int] | str:
+    """``lmtp:unix:/run/dovecot/lmtp`` -> the socket's path; ``lmtp:HOST:PORT`` (an IPv6
+    host in brackets) -> (host, port). ``ValueError`` with the reason otherwise."""
+    match = _LMTP_URL.fullmatch(url.strip())
+    if match is None:
+        raise ValueError(f"{url!r} is not lmtp:unix:/PATH or lmtp:HOST:PORT")
+    if match.group("path"):
+        return match.group("path")
+    port = int(match.group("port"))
+    if not 0 < port <= 65535:
+        raise ValueError(f"{url!r}: port {port} is not 1 to 65535")
+    return match.group("host").strip("[]"), port
+
+
+class Lmtp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The LMTP handoff (RFC 2033): delivery into an MDA such as Dovecot."""
+
+    #: ``lmtp:unix:/run/dovecot/lmtp`` or ``lmtp:HOST:PORT``.
+    url: str = "lmtp:unix:/run/dovecot/lmtp"
+    #: The name given in LHLO; empty: ``hostname``.
+    lhlo: str = ""
+    #: Check each recipient with the MDA at RCPT time, so that an unknown user or a full
+    #: mailbox is refused with the MDA's own reply (none: yes, when the handoff is used).
+    verify_recipients: bool | None = None
+    #: Connections to the MDA a worker keeps at most (each serves one transaction at a time).
+    connections: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    connect_timeout: Seconds = 10.0
+    #: A reply to a command (LHLO, MAIL, RCPT, DATA) not in within this time: a failure.
+    command_timeout: Seconds = 60.0
+    #: The replies after the content not in within this time: a failure (RFC 5321
+    #: §4.5.3.2.6 gives the end of data 10 minutes; the SMTP client waits for ours).
+    data_timeout: Seconds = 300.0
+
+    def __post_init__(self) -> None:
+        parse_lmtp_url(self.url)
+
+
 class Recipients(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Whom this server receives mail for (``wildboar.policy``)."""
 
@@ -436,7 +478,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     workers_max: Positive | None = None
     user: str = "wildboar"
     group: str = "wildboar"
-    handoff: list[Literal["spool", "amqp", "discard"]] = msgspec.field(
+    handoff: list[Literal["spool", "amqp", "lmtp", "discard"]] = msgspec.field(
         default_factory=lambda: ["spool"]
     )
     spool: Spool = Spool()
@@ -446,6 +488,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     timeouts: Timeouts = Timeouts()
     sessions: Sessions = Sessions()
     recipients: Recipients = Recipients()
+    lmtp: Lmtp = Lmtp()
     log_format: Literal["auto", "json", "journal"] = "auto"
 
     def __post_init__(self) -> None:
@@ -490,6 +533,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "timeouts": Timeouts,
     "sessions": Sessions,
     "recipients": Recipients,
+    "lmtp": Lmtp,
 }
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Config)}
 
@@ -767,7 +811,7 @@ def config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--handoff",
         action="append",
-        choices=["spool", "amqp", "discard"],
+        choices=["spool", "amqp", "lmtp", "discard"],
         help="delivery target (repeatable: every one must take the message)",
     )
     brokers = parser.add_mutually_exclusive_group()
@@ -785,6 +829,12 @@ def config_flags(parser: argparse.ArgumentParser) -> None:
         " the workers, never on a command line: the place for passwords); implies"
         " --handoff amqp",
     )
+    parser.add_argument(
+        "--lmtp",
+        metavar="URL",
+        help="deliver over LMTP: lmtp:unix:/run/dovecot/lmtp or lmtp:HOST:PORT; implies"
+        " --handoff lmtp",
+    )
 
 
 def flags_of(args: argparse.Namespace) -> dict[str, object]:
@@ -801,6 +851,10 @@ def flags_of(args: argparse.Namespace) -> dict[str, object]:
         flags["amqp"] = {"urls": args.amqp_url, "urls_file": ""}  # over a file's urls_file
     elif urls_file:
         flags["amqp"] = {"urls_file": urls_file}
-    if (args.amqp_url or urls_file) and not args.handoff:
-        flags["handoff"] = ["amqp"]
+    implied = ["amqp"] if args.amqp_url or urls_file else []
+    if getattr(args, "lmtp", None):
+        flags["lmtp"] = {"url": args.lmtp}
+        implied.append("lmtp")
+    if implied and not args.handoff:
+        flags["handoff"] = implied
     return flags

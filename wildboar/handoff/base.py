@@ -133,6 +133,12 @@ class Handoff(abc.ABC):
         that keep a record of rejections. Must not block; default: ignore it."""
         return None
 
+    def restrict(self, extensions: smtp.Extensions) -> smtp.Extensions:
+        """The ESMTP extensions the worker may offer, given what this target can take
+        (asked after ``start``): every message goes to every target, and none is converted
+        on the way. Default: all of them."""
+        return extensions
+
     def event(self, event: str, fields: dict[str, Any]) -> None:
         """A connection, transaction or rejection event, for targets that publish them.
         Must not block; default: ignore it."""

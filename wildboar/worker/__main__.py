@@ -37,6 +37,7 @@ from ..config import (
 from ..handoff.amqp import AmqpHandoff
 from ..handoff.base import Handoff, HandoffStartError
 from ..handoff.discard import DiscardHandoff
+from ..handoff.lmtp import LmtpHandoff
 from ..handoff.spool import SpoolHandoff
 from . import logs
 from .serve import Worker
@@ -63,6 +64,8 @@ def build_handoffs(config: Config) -> list[Handoff]:
                     connection_name=f"wildboar {config.hostname} pid {os.getpid()}",
                 )
             )
+        elif name == "lmtp":
+            handoffs.append(LmtpHandoff(config.lmtp, config.hostname))
         else:
             handoffs.append(DiscardHandoff())
     return handoffs

@@ -26,6 +26,7 @@ from .. import message as M
 from .. import smtp
 from ..config import Config, serving_warnings
 from ..handoff.base import Delivery, Handoff, combine
+from ..handoff.lmtp import LmtpHandoff
 from ..policy import RecipientPolicy
 from .content import Budget, content_directory
 from .logs import add_sink, flush, log
@@ -69,6 +70,14 @@ class Worker:
         self.content_directory = content_directory(os.path.join(config.spool.path, "tmp"))
         self.budget = Budget(config.sessions.delivery_memory)
         self.policy = RecipientPolicy(config.recipients.domains)
+        # What every handoff can take is what the sessions offer (asked after start()).
+        self.extensions = config.extensions
+        for handoff in handoffs:
+            self.extensions = handoff.restrict(self.extensions)
+        # The recipient check with the MDA at RCPT time (docs/lmtp.md).
+        lmtp = [h for h in handoffs if isinstance(h, LmtpHandoff)]
+        verify = config.lmtp.verify_recipients is not False
+        self.verifier: LmtpHandoff | None = lmtp[0] if lmtp and verify else None
         self._backoff = ACCEPT_BACKOFF_MIN
         self._rejecting = [h for h in handoffs if type(h).rejected is not Handoff.rejected]
         for handoff in handoffs:

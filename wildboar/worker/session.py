@@ -35,6 +35,7 @@ from .content import Content
 from .logs import log
 
 if TYPE_CHECKING:
+    from ..handoff.lmtp import LmtpHandoff
     from .serve import Worker
 
 # Read no more while the core holds this much unparsed input (pipelined commands).
@@ -88,7 +89,7 @@ class Session(asyncio.Protocol):
         self.spoke_first = spoke_first
         config = worker.config
         self.conn = smtp.ServerConnection(
-            config.hostname, limits=config.limits, extensions=config.extensions
+            config.hostname, limits=config.limits, extensions=worker.extensions
         )
         self.id = M.new_urn()
         self.created = _now()
@@ -106,6 +107,8 @@ class Session(asyncio.Protocol):
         self.touched_in_data = False  # whether the deadline is a data-block one
         self.draining = False  # the worker drains: close once the transaction is over
         self.transactions = 0  # transactions ended (delivered, refused, reset) so far
+        self.sender: tuple[str, bool] = ("", False)  # of the transaction: address, SMTPUTF8
+        self.checking: asyncio.Task[None] | None = None  # a recipient check with the MDA
         self.more = False  # events left for a later turn (EVENTS_PER_TURN)
         self.shutdown_at: float | None = None  # when shutdown() sent its reply
         self.delivering: asyncio.Task[None] | None = None
@@ -256,9 +259,10 @@ class Session(asyncio.Protocol):
                 self._answer(refusal)
                 return
             self.transaction = (M.new_urn(), _now())
+            self.sender = (event.sender, event.params.smtputf8)
             self._answer(ACCEPT)
         elif type(event) is smtp.RcptTo:
-            self._answer(self.worker.policy.check(event.recipient) or ACCEPT)
+            self._recipient(event.recipient)
         elif type(event) is smtp.TransactionAborted:
             self._aborted(event)
         elif type(event) is smtp.ConnectionClosed:
@@ -267,6 +271,26 @@ class Session(asyncio.Protocol):
             self._answer(self.refuse or self.worker.refusal("connect") or ACCEPT)
         else:
             self._answer(ACCEPT)
+
+    def _recipient(self, address: str) -> None:
+        """Ours by the domain list, then, with an MDA to ask, deliverable by its word (the
+        core waits for the answer meanwhile; <Postmaster> is not asked: RFC 5321 §4.5.1)."""
+        policy = self.worker.policy
+        refusal = policy.check(address)
+        verifier = self.worker.verifier
+        if refusal is not None or verifier is None or policy.is_postmaster(address):
+            self._answer(refusal or ACCEPT)
+            return
+        self.checking = self.worker.loop.create_task(self._verify(verifier, address))
+
+    async def _verify(self, verifier: LmtpHandoff, address: str) -> None:
+        sender, utf8 = self.sender
+        reply = await verifier.check(sender, address, utf8)
+        self.checking = None
+        if self.closed or self.conn.state is smtp.State.CLOSED:
+            return
+        self._answer(ACCEPT if reply.code // 100 == 2 else reply)
+        self._process()
 
     def _answer(self, answer: smtp.Answer) -> None:
         # Collected, not written: the replies to a pipelined group leave in one write.
