@@ -138,6 +138,16 @@ class Lmtp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: The replies after the content not in within this time: a failure (RFC 5321
     #: §4.5.3.2.6 gives the end of data 10 minutes; the SMTP client waits for ours).
     data_timeout: Seconds = 300.0
+    #: Where recipients the MDA answered with a 4xx wait for their retry (empty:
+    #: ``<spool.path>/lmtp``), and where bounces (DSNs) wait for the operator (empty:
+    #: ``<spool.path>/bounce``).
+    retry_spool: str = ""
+    bounce_spool: str = ""
+    #: Seconds between attempts: half the message's age, within these.
+    retry_min: Seconds = 300.0
+    retry_max: Seconds = 4000.0
+    #: A recipient still refused this long after the message came gets a bounce (5 days).
+    max_retry_age: Annotated[float, msgspec.Meta(gt=0, le=60 * 86400)] = 5 * 86400.0
 
     def __post_init__(self) -> None:
         parse_lmtp_url(self.url)
@@ -512,6 +522,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             )
 
     @property
+    def lmtp_retry_spool(self) -> str:
+        return self.lmtp.retry_spool or os.path.join(self.spool.path, "lmtp")
+
+    @property
+    def lmtp_bounce_spool(self) -> str:
+        return self.lmtp.bounce_spool or os.path.join(self.spool.path, "bounce")
+
+    @property
     def amqp_buffer(self) -> str:
         """The AMQP store-and-forward spool: ``amqp.buffer``, else ``<spool.path>/amqp``."""
         return self.amqp.buffer or os.path.join(self.spool.path, "amqp")
@@ -684,7 +702,13 @@ def _listeners(value: Any, errors: list[str]) -> list[Listener]:
 
 
 #: The keys that name files or directories: a relative value is taken from ``directory``.
-PATH_KEYS = (("spool", "path"), ("amqp", "buffer"), ("amqp", "urls_file"))
+PATH_KEYS = (
+    ("spool", "path"),
+    ("amqp", "buffer"),
+    ("amqp", "urls_file"),
+    ("lmtp", "retry_spool"),
+    ("lmtp", "bounce_spool"),
+)
 
 
 def _absolute_paths(raw: dict[str, Any], directory: str) -> dict[str, Any]:

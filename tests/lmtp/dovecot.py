@@ -225,7 +225,10 @@ class Dovecot:
         users: Iterable[str] = USERS,
         quotas: Mapping[str, str] = QUOTAS,
         domain: str = DOMAIN,
+        extra: str = "",
     ) -> None:
+        """``extra``: lines appended to dovecot.conf (``quota_full_tempfail = yes``, ...)."""
+        self.extra = extra
         self.users = tuple(users)
         self.quotas = dict(quotas)
         self.domain = domain
@@ -369,7 +372,8 @@ service lmtp {{
     mode = 0666
   }}
 }}
-{nonroot}"""
+{nonroot}{self.extra}
+"""
 
     def _write_files(self) -> None:
         self.conf_path.write_text(self.config())

@@ -36,6 +36,7 @@ from .. import lmtp, smtp
 from ..config import Lmtp, parse_lmtp_url
 from ..message import Message
 from .base import Delivery, Handoff, failed, report
+from .retry import RetryQueue
 
 #: RFC 3463 X.3.0 / X.4.1: the MDA cannot be reached, or timed out.
 MDA_UNAVAILABLE = smtp.Reply(
@@ -130,8 +131,11 @@ class LmtpHandoff(Handoff):
 
     name = "lmtp"
 
-    def __init__(self, config: Lmtp, hostname: str) -> None:
+    def __init__(self, config: Lmtp, hostname: str, queue: RetryQueue | None = None) -> None:
+        """``queue``: where what a mixed result still owes is kept (None: such a result
+        is a temporary failure for all, and may deliver twice to some)."""
         self.config = config
+        self.queue = queue
         self.target = parse_lmtp_url(config.url)
         self.lhlo = config.lhlo or hostname
         self.extensions: lmtp.ServerExtensions | None = None  # as the MDA last said
@@ -151,8 +155,12 @@ class LmtpHandoff(Handoff):
             report(
                 logging.WARNING, "lmtp_unreachable_at_start", target=self.config.url, why=str(error)
             )
+        if self.queue is not None:
+            await self.queue.start(self.replies)
 
     async def close(self) -> None:
+        if self.queue is not None:
+            await self.queue.close()
         self._closing = True
         while self._idle:
             self._idle.popleft().close()
@@ -184,7 +192,23 @@ class LmtpHandoff(Handoff):
         except MdaUnavailable as error:
             report(logging.WARNING, "lmtp_not_delivered", message=email.id, why=str(error))
             return failed(error.reply)
-        return self._outcome(message, replies)
+        outcome = self._outcome(message, replies)
+        if outcome.reply is PARTIAL and self.queue is not None:
+            return await self.queue.keep(message, replies)
+        return outcome
+
+    async def replies(self, message: Message) -> list[smtp.Reply]:
+        """One reply per recipient of ``message`` (a retry): the MDA's, or a temporary
+        failure when it cannot be reached."""
+        email = message.email
+        try:
+            async with self._link() as link:
+                refusal = self._unfit(email.body, email.smtputf8, link.extensions)
+                if refusal is not None:
+                    return [refusal] * len(email.to)
+                return await self._transaction(link, message)
+        except MdaUnavailable as error:
+            return [error.reply] * len(email.to)
 
     # --- recipient checks ----------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from ..handoff.amqp import AmqpHandoff
 from ..handoff.base import Handoff, HandoffStartError
 from ..handoff.discard import DiscardHandoff
 from ..handoff.lmtp import LmtpHandoff
+from ..handoff.retry import RetryQueue
 from ..handoff.spool import SpoolHandoff
 from . import logs
 from .serve import Worker
@@ -65,7 +66,10 @@ def build_handoffs(config: Config) -> list[Handoff]:
                 )
             )
         elif name == "lmtp":
-            handoffs.append(LmtpHandoff(config.lmtp, config.hostname))
+            queue = RetryQueue(
+                config.lmtp, config.lmtp_retry_spool, config.lmtp_bounce_spool, config.hostname
+            )
+            handoffs.append(LmtpHandoff(config.lmtp, config.hostname, queue))
         else:
             handoffs.append(DiscardHandoff())
     return handoffs
