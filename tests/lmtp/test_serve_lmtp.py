@@ -5,6 +5,7 @@ foreign domains refused, and an MDA that is down never answered with 250."""
 from __future__ import annotations
 
 import smtplib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +138,23 @@ def test_a_refusal_after_the_content_reaches_the_sender_as_dovecot_gave_it(
     assert refused.value.smtp_code == 552
     assert refused.value.smtp_error.startswith(b"5.2.2 ")
     assert fresh_dovecot.maildir_messages("carol") == []
+
+
+def test_what_dovecot_cannot_take_is_refused_at_mail(server: Server) -> None:
+    """Debian 12's Dovecot offers neither SMTPUTF8 nor BINARYMIME, so neither does the
+    server: a UTF-8 sender and binary content are refused up front (5xx, the sender
+    bounces it with a reason), never converted, never accepted and lost."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+        lines = conn.makefile("rb")
+        assert lines.readline().startswith(b"220")
+        conn.sendall(b"EHLO client.example\r\n")
+        while not lines.readline().startswith(b"250 "):
+            pass
+        utf8 = "MAIL FROM:<zoé@example.net> SMTPUTF8"
+        refused = (utf8, "MAIL FROM:<a@example.net> BODY=BINARYMIME")
+        for command in refused:
+            conn.sendall(command.encode() + b"\r\n")
+            reply = lines.readline()
+            assert reply[:1] == b"5", (command, reply)
+        conn.sendall(b"MAIL FROM:<a@example.net> BODY=8BITMIME\r\n")
+        assert lines.readline().startswith(b"250 ")
