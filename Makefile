@@ -36,12 +36,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict $(TYPED)
 
+# Coverage data (pyproject.toml [tool.coverage.run]): one file per process, in COVDATA.
+# The servers the tests start (wildboar serve, supervisor, workers) are measured too;
+# workers and supervisors run as nobody when the tests run as root, hence mode 1777.
+# pytest-cov combines the files there when it finishes; one written later is combined after.
+COVDATA := .coverage.d
+
 unit: $(STAMP)
 	sh scripts/test-access
 	sh scripts/test-services
-	rm -f .coverage .coverage.*
+	rm -rf .coverage .coverage.* $(COVDATA)
+	mkdir -m 1777 $(COVDATA)
 	$(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider \
 		--cov=wildboar --cov=supervisor --cov-branch --cov-report= tests
+	if ls $(COVDATA)/.coverage.* >/dev/null 2>&1; then \
+		$(BIN)/python -m coverage combine --append -q; fi
 
 # wildboar.smtp is covered through its public API only (tests/smtp uses nothing private).
 coverage: unit

@@ -24,6 +24,28 @@ from .. import unprivileged
 ROOT = Path(__file__).resolve().parents[2]
 # Set to a file name to keep every server's stderr there (for post-mortems of a hang).
 DEBUG_LOG = os.environ.get("WILDBOAR_TEST_SERVER_LOG", "")
+# Measured by coverage (make test: pyproject.toml patch = ["subprocess"]), every Python
+# process started from here measures itself, but the workers see only the supervisor's
+# allow-list: ``wildboar serve`` then runs as it is, with ``--pass-env COVERAGE_*`` added
+# to the supervisor command it builds. Nothing changes for an operator, or without coverage.
+SERVE_PASSING_COVERAGE = """\
+import sys
+from wildboar import cli
+build = cli.supervisor_command
+def supervisor_command(config, args):
+    command = build(config, args)
+    cut = command.index("--")
+    return [*command[:cut], "--pass-env", "COVERAGE_*", *command[cut:]]
+cli.supervisor_command = supervisor_command
+sys.exit(cli.main())
+"""
+
+
+def serve_command() -> list[str]:
+    """``python -m wildboar.cli serve``, under coverage with the workers measured too."""
+    if "COVERAGE_PROCESS_CONFIG" in os.environ or "COVERAGE_PROCESS_START" in os.environ:
+        return [sys.executable, "-c", SERVE_PASSING_COVERAGE, "serve"]
+    return [sys.executable, "-m", "wildboar.cli", "serve"]
 
 
 class Server:
@@ -40,7 +62,7 @@ class Server:
         """``command`` replaces ``wildboar serve``; ``wrapper`` runs before it (a command
         that ends by running its arguments)."""
         self.spool = spool
-        argv = [sys.executable, "-m", "wildboar.cli", "serve", "--workers", str(workers)]
+        argv = [*serve_command(), "--workers", str(workers)]
         for address in listen:
             argv += ["--listen", address]
         argv += ["--spool", str(spool), "--hostname", "mx.test.example", *args]

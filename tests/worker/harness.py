@@ -20,6 +20,14 @@ from typing import Any
 from .. import unprivileged
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Seconds ``close`` lets a worker drain after SIGTERM, under coverage, before SIGKILL.
+STOP_UNDER_COVERAGE = 5.0
+
+
+def _measuring_coverage() -> bool:
+    """Started by ``make test``'s pytest-cov (pyproject.toml ``patch = ["subprocess"]``): the
+    worker, which gets this environment, measures itself and saves its data when it exits."""
+    return "COVERAGE_PROCESS_CONFIG" in os.environ or "COVERAGE_PROCESS_START" in os.environ
 
 
 def _limit_files(count: int) -> None:
@@ -119,6 +127,11 @@ class WorkerProcess:
         return [record for record in self.logs if record.get("event") == event]
 
     def close(self) -> None:
+        if self.proc.poll() is None and _measuring_coverage():
+            # A killed worker writes no coverage data: let it drain (TERM) for a while first.
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=STOP_UNDER_COVERAGE)
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)
