@@ -11,8 +11,12 @@ Usage, as with h11::
     conn = ServerConnection("mx.example.org")
     conn.receive_data(data)          # b"" at end of input
     while (event := conn.next_event()) not in (NEED_DATA, PAUSED):
-        ...                          # answer questions with conn.send(Accept() / Reply(...))
+        if isinstance(event, Question):  # answered with Accept() or a Reply(...)
+            transport.write(conn.send(Accept()))
     transport.write(conn.data_to_send())
+
+``send`` returns the reply bytes ready to go out and takes them (``data_to_send`` does not
+return them again): write what it returns.
 
 Security: every client mistake becomes a reply with an enhanced status code; nothing a
 client sends raises. Memory per connection is bounded by the limits (see ``limits.py``).
