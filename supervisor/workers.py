@@ -28,6 +28,7 @@ from typing import Final
 
 from . import control
 from .log import forward
+from .signals import HANDLED
 from .sockets import Listener
 
 #: A line of worker output longer than this is cut (and ends with a newline added).
@@ -35,16 +36,8 @@ MAX_LINE: Final = 16 * 1024
 #: Read at most this much of one worker's output per wake-up of the loop.
 READ_CHUNK: Final = 64 * 1024
 #: Reset to their default action in a new worker; none of them blocked.
-DEFAULT_SIGNALS: Final = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGCHLD,
-    signal.SIGPIPE,
-    signal.SIGXFSZ,
-)
+#: (The supervisor's own, and what Python ignores at start.)
+DEFAULT_SIGNALS: Final = (*sorted(HANDLED), signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class Process:
