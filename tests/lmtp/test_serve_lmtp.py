@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +159,22 @@ def test_what_dovecot_cannot_take_is_refused_at_mail(server: Server) -> None:
             assert reply[:1] == b"5", (command, reply)
         conn.sendall(b"MAIL FROM:<a@example.net> BODY=8BITMIME\r\n")
         assert lines.readline().startswith(b"250 ")
+
+
+def test_swaks_and_smtp_source_deliver_into_the_mailbox(server: Server, dovecot: Dovecot) -> None:
+    before = len(dovecot.maildir_messages("bob"))
+    swaks = subprocess.run(
+        ["swaks", "--server", f"127.0.0.1:{server.port}", "--from", "s@example.net",
+         "--to", f"bob@{DOMAIN}", "--header", "Subject: via swaks", "--body", "swaks body"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert swaks.returncode == 0, swaks.stdout
+    source = subprocess.run(
+        ["smtp-source", "-c", "-s", "10", "-m", "200", "-l", "1024", "-f", "s@example.net",
+         "-t", f"bob@{DOMAIN}", f"127.0.0.1:{server.port}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert source.returncode == 0 and "fatal" not in source.stderr, source.stderr
+    messages = dovecot.maildir_messages("bob")[before:]
+    assert len(messages) == 201
+    assert sum(b"swaks body" in m for m in messages) == 1
