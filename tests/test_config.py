@@ -297,6 +297,21 @@ def test_the_amqp_buffer_may_not_be_the_spool() -> None:
     assert C.load(environ=environ).amqp_buffer == "/var/spool/wb/amqp"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "taken"),
+    [
+        ("LMTP_RETRY_SPOOL", "/var/spool/wb", "spool.path"),
+        ("LMTP_BOUNCE_SPOOL", "/var/spool/wb/amqp", "amqp.buffer"),
+        ("LMTP_BOUNCE_SPOOL", "/var/spool/wb/lmtp/", "lmtp.retry_spool"),
+    ],
+)
+def test_the_lmtp_spools_are_directories_of_their_own(key: str, value: str, taken: str) -> None:
+    """The retry runner would deliver (and remove) what another spool holds."""
+    environ = {"WILDBOAR_SPOOL": "/var/spool/wb", f"WILDBOAR_{key}": value}
+    with pytest.raises(C.ConfigError, match=f"is {taken}: give it a directory of its own"):
+        C.load(environ=environ)
+
+
 def test_a_prefix_that_would_make_names_too_long_for_amqp_is_refused() -> None:
     with pytest.raises(C.ConfigError, match="prefix: at most 232 octets"):
         C.load(environ={"WILDBOAR_AMQP_PREFIX": "p" * 233})

@@ -172,7 +172,15 @@ def _keys(value: object) -> set[str]:
 def test_json_keys_are_camel_case_with_from_for_the_sender(message: M.Message) -> None:
     record = json.loads(M.encode(message))
     assert all(re.fullmatch(r"[a-z][a-zA-Z0-9]*", key) for key in _keys(record))
-    assert set(record) == {"version", "server", "connection", "transaction", "email", "rejection"}
+    assert set(record) == {
+        "version",
+        "server",
+        "connection",
+        "transaction",
+        "email",
+        "rejection",
+        "retry",
+    }
     assert set(record["server"]) == {"id", "creationTime", "hostname"}
     assert set(record["connection"]) == {"id", "creationTime", "remote", "local", "tls"}
     assert set(record["transaction"]) == {"id", "creationTime", "heloName", "protocol"}

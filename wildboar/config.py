@@ -514,12 +514,27 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 )
         if self.workers_max is not None and self.workers_max < self.workers:
             raise ValueError(f"workers_max {self.workers_max} is less than workers {self.workers}")
-        if os.path.abspath(self.amqp_buffer) == os.path.abspath(self.spool.path):
-            # The buffer's drain would publish (and remove) the spool handoff's messages.
-            raise ValueError(
-                f"amqp.buffer {self.amqp_buffer!r} is spool.path: give the AMQP buffer a"
-                " directory of its own (the default is <spool.path>/amqp)"
-            )
+        self._check_spools_apart()
+
+    def _check_spools_apart(self) -> None:
+        """Each spool a directory of its own: one's drain or runner would otherwise take the
+        other's records (the AMQP buffer's drain would publish the spool handoff's
+        messages, the LMTP retry runner deliver them)."""
+        spools = [
+            ("spool.path", self.spool.path, ""),
+            ("amqp.buffer", self.amqp_buffer, "<spool.path>/amqp"),
+            ("lmtp.retry_spool", self.lmtp_retry_spool, "<spool.path>/lmtp"),
+            ("lmtp.bounce_spool", self.lmtp_bounce_spool, "<spool.path>/bounce"),
+        ]
+        seen: dict[str, str] = {}
+        for key, path, default in spools:
+            where = os.path.abspath(path)
+            if where in seen:
+                raise ValueError(
+                    f"{key} {path!r} is {seen[where]}: give it a directory of its own"
+                    f" (the default is {default})"
+                )
+            seen[where] = key
 
     @property
     def lmtp_retry_spool(self) -> str:

@@ -131,6 +131,27 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     text: str
 
 
+class RecipientStatus(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A recipient and the reply the mail store last gave for it."""
+
+    address: str
+    code: Annotated[int, msgspec.Meta(ge=200, le=599)]
+    enhanced: str
+    #: The reply's text, its lines joined by spaces.
+    text: str
+
+
+class Retry(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Where a delivery that is retried stands (records in the LMTP retry spool only)."""
+
+    #: Attempts made so far, the first one (during the SMTP session) included.
+    attempts: Annotated[int, msgspec.Meta(ge=1)]
+    last_attempt: Time
+    next_attempt: Time
+    #: The reply of the last attempt for each recipient still owed a delivery.
+    recipients: list[RecipientStatus]
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     version: int = SCHEMA_VERSION
     server: Server
@@ -139,6 +160,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     email: Email
     #: Set only on records published to the rejected exchange.
     rejection: Rejection | None = None
+    #: Set only on records waiting for an LMTP retry.
+    retry: Retry | None = None
 
 
 def build_email(

@@ -1,4 +1,4 @@
-"""``wildboar spool {ls,show ID,count,drain}``: look into the spool and empty it.
+"""``wildboar spool {ls,show ID,count,drain}``: look into the spools and empty them.
 
 Owns: the ``spool`` subcommands, their output formats and exit statuses (0 ok, 1 error,
 with one line on stderr and no traceback), and who this process is while it reads a spool.
@@ -111,7 +111,24 @@ def _command(
         metavar="DIR",
         help="the spool directory (default: spool.path of the configuration)",
     )
-    parser.set_defaults(func=func)
+    area = parser.add_mutually_exclusive_group()
+    area.add_argument(
+        "--retries",
+        dest="area",
+        action="store_const",
+        const="retries",
+        help="the LMTP retry spool instead (lmtp.retry_spool, default <spool>/lmtp):"
+        " recipients the mail store deferred, with its last reply and the next attempt",
+    )
+    area.add_argument(
+        "--bounces",
+        dest="area",
+        action="store_const",
+        const="bounces",
+        help="the bounce spool instead (lmtp.bounce_spool, default <spool>/bounce): delivery"
+        " status notifications waiting for the operator",
+    )
+    parser.set_defaults(func=func, area=None)
     return parser
 
 
@@ -125,14 +142,27 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _paths(args: argparse.Namespace) -> dict[str | None, str]:
+    """The main spool (``--spool``, else the configuration's: ``--config`` if the main
+    command line has one, else the usual sources) and its LMTP retry and bounce spools, by
+    the name of the option that selects them."""
+    # The host name is not needed here: not looked up (NSS and DNS) as root.
+    flags: dict[str, object] = {"hostname": "hostname.invalid"}
+    if args.spool is not None:  # the others are then where they are for it
+        flags["spool"] = {"path": args.spool}
+    loaded = config.load(file=getattr(args, "config", None), flags=flags)
+    return {
+        None: loaded.spool.path,
+        "retries": loaded.lmtp_retry_spool,
+        "bounces": loaded.lmtp_bounce_spool,
+    }
+
+
 def _open(args: argparse.Namespace) -> Spool:
-    """The spool of ``--spool``, else of the configuration (``--config`` if the main command
-    line has one, else the usual sources), opened as its owner."""
-    path = args.spool
-    if path is None:
-        # The host name is not needed here: not looked up (NSS and DNS) as root.
-        flags = {"hostname": "hostname.invalid"}
-        path = config.load(file=getattr(args, "config", None), flags=flags).spool.path
+    """The spool ``args`` select, opened as its owner."""
+    # The main spool of --spool needs no configuration.
+    plain = args.spool is not None and args.area is None
+    path = args.spool if plain else _paths(args)[args.area]
     _become_owner(path)
     return Spool(path)
 
@@ -254,9 +284,26 @@ def _time(mtime: float) -> str:
 
 
 def format_entry(entry: Entry) -> str:
+    """One line: id, time, size, sender -> recipients. A record waiting for a retry shows
+    its accepted time (its file time is its next attempt), then indented lines: the
+    attempts, the next one, and each recipient's last reply."""
     sender = _printable(entry.sender) or "<>"
     to = ",".join(_printable(address) for address in entry.to)
-    return f"{entry.id}  {_time(entry.mtime)}  {entry.size:>9}  {sender} -> {to}"
+    retry = entry.retry
+    when = _time(entry.mtime if retry is None else entry.created.timestamp())
+    line = f"{entry.id}  {when}  {entry.size:>9}  {sender} -> {to}"
+    if retry is None:
+        return line
+    lines = [
+        line,
+        f"    attempts {retry.attempts}, last {_time(retry.last_attempt.timestamp())},"
+        f" next {_time(retry.next_attempt.timestamp())}",
+    ]
+    lines += [
+        f"    {_printable(r.address)}: {r.code} {_printable(r.enhanced)} {_printable(r.text)}"
+        for r in retry.recipients
+    ]
+    return "\n".join(lines)
 
 
 def _say_set_aside(spool: Spool) -> None:
@@ -265,6 +312,21 @@ def _say_set_aside(spool: Spool) -> None:
     for name, count in spool.set_aside().items():
         where = os.path.join(spool.layout.root, name)
         _say(f"{count} set aside in {where}/, not delivered")
+
+
+def _say_waiting(args: argparse.Namespace) -> None:
+    """On stderr, for the main spool: how many records wait in the LMTP retry and bounce
+    spools, and how to see them (a hint only: a spool that cannot be read is left out)."""
+    if args.area is not None:
+        return
+    try:
+        paths = _paths(args)
+    except config.ConfigError:
+        return
+    for area in ("retries", "bounces"):
+        with contextlib.suppress(SpoolError, OSError), Spool(paths[area]) as other:
+            if count := other.count():
+                _say(f"{count} more in {paths[area]} (wildboar spool ls --{area})")
 
 
 def _corrupt_path(spool: Spool, message_id: str) -> str:
@@ -285,6 +347,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 " (wildboar spool drain sets it aside in corrupt/)"
             )
         _say_set_aside(spool)
+        _say_waiting(args)
         return 1 if corrupt else 0
 
     return _run(args, ls)
@@ -294,6 +357,7 @@ def cmd_count(args: argparse.Namespace) -> int:
     def count(spool: Spool) -> int:
         sys.stdout.write(f"{spool.count()}\n")
         _say_set_aside(spool)
+        _say_waiting(args)
         return 0
 
     return _run(args, count)

@@ -721,3 +721,22 @@ def test_drain_into_a_full_disk_leaves_no_partial_line_and_keeps_the_message(
     assert result.returncode == 1
     assert out.read_bytes() == b""  # cut back to where the line began
     assert Spool(path).count() == 3
+
+
+def test_due_finds_by_file_time_without_reading_a_record(tmp_path: Path) -> None:
+    """The LMTP retry spool's records are due at their file time (``set_time``): ``due``
+    gives those at or before a time, earliest first, and stats only."""
+    first, second, later = (make_message(content=f"n{i}\r\n".encode()) for i in range(3))
+    run(spool_messages(tmp_path, [first, second, later]))
+    with Spool(tmp_path) as spool:
+        spool.set_time(first.email.id, 1_000_000_200)
+        spool.set_time(second.email.id, 1_000_000_100)
+        spool.set_time(later.email.id, 2_000_000_000)
+        assert spool.due(1_000_000_200) == [second.email.id, first.email.id]
+        assert spool.due(1_000_000_150) == [second.email.id]
+        path = tmp_path / "msg" / f"{uuid_of(later)}.msgpack"
+        path.write_bytes(b"not a record")  # not read: still found
+        os.utime(path, (2_000_000_000, 2_000_000_000))
+        assert spool.due(2_000_000_000)[-1] == later.email.id
+        with pytest.raises(SpoolError, match="no message"):
+            spool.set_time(make_message().email.id, 0)

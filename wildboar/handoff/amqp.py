@@ -73,7 +73,7 @@ from .spool import (
 logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 EXCHANGES = EXCHANGE_NAMES
-ACCEPTED, REJECTED = EXCHANGE_NAMES[0], EXCHANGE_NAMES[1]
+ACCEPTED, REJECTED, OUTBOUND = EXCHANGE_NAMES[0], EXCHANGE_NAMES[1], EXCHANGE_NAMES[2]
 EVENTS = "events"
 #: RFC 3463 X.3.2 "System not accepting network messages", at connect (RFC 5321 §3.8: 421).
 BROKER_DOWN_AT_CONNECT = smtp.Reply(
@@ -338,6 +338,11 @@ class AmqpHandoff(Handoff):
         if why is None:
             self.published += 1
         return why
+
+    async def outbound(self, message: Message) -> str | None:
+        """Publish a message this server made (a bounce) to ``accepted.outbound.email``,
+        for an outbound relay, and wait for the confirm: None when durable, else why not."""
+        return await self.publish(message, self.settings.exchange(OUTBOUND))
 
     def _properties(self, message: Message) -> pika.BasicProperties:
         return pika.BasicProperties(

@@ -13,11 +13,15 @@ The answer after the end of data (DESIGN.md "Handoff"):
 - every recipient delivered: ok (250);
 - none delivered: a temporary failure if any recipient's was (the sender retries), else the
   first permanent one, the MDA's reply as it gave it (Dovecot's ``552 5.2.2`` stays that);
-- some delivered, some not: until the spool retries the rest (docs/lmtp.md, not yet), a
-  temporary failure, so nothing is lost, and the delivered recipients may get the message
-  twice when the sender retries: logged as ``lmtp_partial_delivery`` with who got it.
-  Checking recipients at RCPT time makes that rare: it is left for what changes between
-  RCPT and the end of data (a mailbox filled meanwhile, an MDA failing).
+- none delivered and every refusal of one kind (all 4xx, all 5xx): that kind, as above;
+- mixed (some delivered and some not, or some refused for now and some for good): the
+  retry queue (``wildboar.handoff.retry``) keeps a retry record for the 4xx recipients and a
+  bounce for the 5xx ones, and only then is the result ok (250: RFC 5321 §4.4). Without a
+  queue, or when it cannot keep them, a temporary failure, so nothing is lost, and the
+  delivered recipients may get the message twice when the sender retries. Logged as
+  ``lmtp_partial_delivery`` with who got it. Checking recipients at RCPT time makes this
+  rare: it is left for what changes between RCPT and the end of data (a mailbox filled
+  meanwhile, an MDA failing).
 Security: the MDA is trusted to deliver, not to behave: every reply is parsed with bounds
 by the sans-IO client, a reply that is late (``command_timeout``, ``data_timeout``) or a
 connection that breaks is a temporary failure, never a 250. The MDA's reply text reaches the
@@ -43,7 +47,8 @@ MDA_UNAVAILABLE = smtp.Reply(
     451, "4.3.0", "Error: the mail store is not available, try again later"
 )
 MDA_TIMEOUT = smtp.Reply(451, "4.4.1", "Error: the mail store did not answer in time")
-#: The recipients that got the message while others did not: the sender retries them all.
+#: Recipients answered differently, and no retry queue to keep what is owed: the sender
+#: retries them all.
 PARTIAL = smtp.Reply(451, "4.3.0", "Error: not every recipient could be delivered, try again later")
 #: RFC 6531 §3.7.5 / RFC 3463 X.6.7, X.6.0: the MDA cannot take the message as it is.
 NO_SMTPUTF8 = smtp.Reply(553, "5.6.7", "Error: the mail store does not take UTF-8 addresses")
@@ -329,7 +334,8 @@ class LmtpHandoff(Handoff):
         if len(delivered) == len(replies):
             return Delivery(ok=True, recipients=recipients)
         refused = [r for r in replies if r.code // 100 != 2]
-        if delivered:
+        kinds = {r.code // 100 for r in refused}
+        if delivered or len(kinds) > 1:
             got = [a for a, r in zip(message.email.to, replies, strict=True) if r.code // 100 == 2]
             report(
                 logging.WARNING,

@@ -53,7 +53,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from ..message import CONTENT_TYPE_MSGPACK, Message, decode, encode
+from ..message import CONTENT_TYPE_MSGPACK, Message, Retry, decode, encode
 from .base import (
     DELIVERED,
     LOCAL_PROBLEM,
@@ -701,6 +701,8 @@ class Entry(msgspec.Struct, frozen=True):
     size: int
     sender: str
     to: tuple[str, ...]
+    #: Where a retried delivery stands (records of the LMTP retry spool), else None.
+    retry: Retry | None = None
 
 
 class _EnvelopeEmail(msgspec.Struct):
@@ -714,6 +716,7 @@ class _Envelope(msgspec.Struct):
     """The part of a record ``ls`` needs; decoding skips the rest, data included."""
 
     email: _EnvelopeEmail
+    retry: Retry | None = None
 
 
 _envelope_decoder = msgspec.msgpack.Decoder(_Envelope)
@@ -779,6 +782,28 @@ class Spool:
 
     def count(self) -> int:
         return len(self.uuids())
+
+    def due(self, now: float) -> builtins.list[str]:
+        """The URNs of the messages whose file time is ``now`` or earlier, earliest first,
+        found without reading a record: the LMTP retry spool keeps each record's next
+        attempt there (``set_time``), as Postfix's deferred queue does."""
+        found = []
+        for uuid in self.uuids():
+            try:
+                status = os.stat(final_name(uuid), dir_fd=self._dirs.msg, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # taken meanwhile
+            if status.st_mtime <= now:
+                found.append((status.st_mtime, _URN_PREFIX + uuid))
+        return [urn for _, urn in sorted(found)]
+
+    def set_time(self, message_id: str, when: float) -> None:
+        """Set a message's file time (in the retry spool: when it is next due)."""
+        uuid = message_uuid(message_id)
+        try:
+            os.utime(final_name(uuid), (when, when), dir_fd=self._dirs.msg, follow_symlinks=False)
+        except FileNotFoundError:
+            raise self._missing(uuid) from None
 
     def list(self) -> builtins.list[Entry]:
         """Every durable message, oldest first: in the order the server accepted them (file
@@ -879,12 +904,18 @@ class Spool:
         except NoSuchMessage:
             return None  # taken by a concurrent drain
         try:
-            email = _envelope_decoder.decode(data).email
+            envelope = _envelope_decoder.decode(data)
         except msgspec.DecodeError as error:
             raise self._corrupt(uuid, error) from None
-        urn = _URN_PREFIX + uuid
+        email, urn = envelope.email, _URN_PREFIX + uuid
         return Entry(
-            urn, status.st_mtime, email.creation_time, email.size, email.sender, tuple(email.to)
+            urn,
+            status.st_mtime,
+            email.creation_time,
+            email.size,
+            email.sender,
+            tuple(email.to),
+            envelope.retry,
         )
 
     def _read(self, uuid: str) -> tuple[bytes, os.stat_result]:

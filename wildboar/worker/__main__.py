@@ -72,6 +72,11 @@ def build_handoffs(config: Config) -> list[Handoff]:
             handoffs.append(LmtpHandoff(config.lmtp, config.hostname, queue))
         else:
             handoffs.append(DiscardHandoff())
+    # Bounces go to the outbound exchange when there is a broker (docs/lmtp.md).
+    brokers = [h for h in handoffs if isinstance(h, AmqpHandoff)]
+    for handoff in handoffs:
+        if isinstance(handoff, LmtpHandoff) and handoff.queue is not None and brokers:
+            handoff.queue.forward = brokers[0].outbound
     return handoffs
 
 
