@@ -14,7 +14,6 @@ Security: reads only the file it is given; errors are one line on stderr and exi
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -25,15 +24,12 @@ import msgspec
 
 from . import config as C
 from . import message as M
+from . import record as R
 from . import smtp, spool_cli
 
 # A documentation address (RFC 5737) stands for the simulated client.
 REPLAY_CLIENT = ("192.0.2.10", 49152)
 REPLAY_SERVER = ("127.0.0.1", 2525)
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 class Replay:
@@ -43,14 +39,9 @@ class Replay:
         self.conn = smtp.ServerConnection(hostname)
         self.out = out
         self.content_type = content_type
-        self.server = M.Server(id=M.new_urn(), creation_time=_now(), hostname=hostname)
-        self.connection = M.Connection(
-            id=M.new_urn(),
-            creation_time=_now(),
-            remote=M.Remote(family="ipv4", address=REPLAY_CLIENT[0], port=REPLAY_CLIENT[1]),
-            local=M.Local(address=REPLAY_SERVER[0], port=REPLAY_SERVER[1]),
-        )
-        self.transaction: tuple[str, datetime.datetime] | None = None
+        self.server = R.build_server(hostname)
+        self.connection = R.build_connection("ipv4", REPLAY_CLIENT, REPLAY_SERVER)
+        self.transaction: R.TransactionStart | None = None
         self.content: list[bytes] = []
         self.messages: list[M.Message] = []
         self.closed = False
@@ -81,7 +72,7 @@ class Replay:
 
     def handle(self, event: smtp.Event | smtp.Wait) -> None:
         if isinstance(event, smtp.MailFrom):
-            self.transaction = (M.new_urn(), _now())
+            self.transaction = R.start_transaction()
         if isinstance(event, smtp.MessageData):
             self.content.append(event.data)
         elif isinstance(event, smtp.TransactionAborted):
@@ -95,35 +86,16 @@ class Replay:
 
     def accept(self, event: smtp.MessageComplete) -> str:
         assert self.transaction is not None
-        txn_id, txn_time = self.transaction
-        message_id = M.new_urn()
-        received = smtp.received_header(
+        record = R.build_message(
             event.envelope,
-            by=self.conn.hostname,
-            client_address=REPLAY_CLIENT[0],
-            when=_now(),
-            id=message_id.removeprefix("urn:uuid:"),
-        )
-        record = M.Message(
+            b"".join(self.content),
             server=self.server,
             connection=self.connection,
-            transaction=M.Transaction(
-                id=txn_id,
-                creation_time=txn_time,
-                helo_name=event.envelope.helo,
-                protocol=event.envelope.protocol,
-            ),
-            email=M.build_email(
-                event.envelope,
-                id=message_id,
-                creation_time=_now(),
-                received=received,
-                content=b"".join(self.content),
-            ),
+            transaction=self.transaction,
         )
         self.content.clear()
         self.messages.append(record)
-        return message_id
+        return record.email.id
 
 
 def _read_lines(path: str) -> list[bytes]:

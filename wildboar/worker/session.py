@@ -5,7 +5,7 @@ the handoffs.
 Owns: per-connection I/O, flow control (reading pauses while the core holds a large
 backlog, e.g. input pipelined behind a message being made durable, and while the client is
 not reading our replies), the session's deadline (checked by the worker's sweeper), the
-message record.
+facts of its message records (built by ``wildboar.record``).
 Must not know: how handoffs store messages, how sockets were obtained, the ``Worker``
 class (a session sees its worker through ``host.Host`` only).
 Security: a client controls everything that arrives here; the core parses it with bounded
@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import socket
 from typing import Any, cast
 
 from .. import message as M
+from .. import record as R
 from .. import smtp
 from ..handoff.base import Delivery, local_failure
 from .content import Content
@@ -58,10 +58,7 @@ LIFETIME = smtp.Reply(421, "4.4.2", "Error: session lasted too long, reconnect t
 TOO_MANY_SESSIONS = smtp.Reply(421, "4.7.0", "Error: too many connections, try again later")
 HANDOFF_TIMEOUT = smtp.Reply(451, "4.3.0", "Error: queue timeout, try again later")
 LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Error: local problem, try again later")
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+FAMILIES: dict[int, R.Family] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 
 def _endpoint(address: object) -> tuple[str, int | None]:
@@ -89,14 +86,14 @@ class Session(asyncio.Protocol):
             config.hostname, limits=config.limits, extensions=host.extensions
         )
         self.id = M.new_urn()
-        self.created = _now()
+        self.created = R.now()
         self.transport: asyncio.Transport | None = None
         self.deadline = host.clock() + config.timeouts.command
         #: The session ends here whatever the client does (``timeouts.session``).
         self.ends_at = host.clock() + config.timeouts.session
         self.client_ip = ""
         self.record: M.Connection | None = None
-        self.transaction: tuple[str, datetime.datetime] | None = None
+        self.transaction: R.TransactionStart | None = None
         # One buffer, not a list of pieces: content arriving a byte per read must cost a
         # byte of memory per byte, not a bytes object per byte; beyond a threshold, a file.
         self.content = Content(host.content_directory, config.sessions.content_memory)
@@ -123,19 +120,14 @@ class Session(asyncio.Protocol):
         peer = _endpoint(transport.get_extra_info("peername"))
         local = _endpoint(transport.get_extra_info("sockname"))
         sock = transport.get_extra_info("socket")
-        family = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}.get(sock.family, "unix")
+        family = FAMILIES.get(sock.family, "unix")
         if family == "ipv6" and peer[0].startswith("::ffff:"):
             # An IPv4 client on a dual-stack IPv6 socket: both ends are IPv4 addresses.
             family = "ipv4"
             peer = (peer[0].removeprefix("::ffff:"), peer[1])
             local = (local[0].removeprefix("::ffff:"), local[1])
         self.client_ip = peer[0]
-        self.record = M.Connection(
-            id=self.id,
-            creation_time=self.created,
-            remote=M.Remote(family=family, address=peer[0], port=peer[1]),  # type: ignore[arg-type]
-            local=M.Local(address=local[0], port=local[1]),
-        )
+        self.record = R.build_connection(family, peer, local, id=self.id, when=self.created)
         self._touch()
         log(
             "connection_open",
@@ -255,7 +247,7 @@ class Session(asyncio.Protocol):
             if refusal is not None:
                 self._answer(refusal)
                 return
-            self.transaction = (M.new_urn(), _now())
+            self.transaction = R.start_transaction()
             self.sender = (event.sender, event.params.smtputf8)
             self._answer(ACCEPT)
         elif type(event) is smtp.RcptTo:
@@ -356,7 +348,7 @@ class Session(asyncio.Protocol):
         envelope: smtp.Envelope,
         rejection: M.Rejection,
         message_id: str | None,
-        transaction: tuple[str, datetime.datetime] | None,
+        transaction: R.TransactionStart | None,
     ) -> None:
         try:
             data = await asyncio.to_thread(content.read)
@@ -461,36 +453,17 @@ class Session(asyncio.Protocol):
         rejection: M.Rejection | None = None,
         message_id: str | None = None,
         content: bytes = b"",
-        transaction: tuple[str, datetime.datetime] | None = None,
+        transaction: R.TransactionStart | None = None,
     ) -> M.Message:
         transaction = transaction or self.transaction
         assert self.record is not None and transaction is not None
-        message_id = message_id or M.new_urn()
-        now = _now()
-        received = smtp.received_header(
+        return R.build_message(
             envelope,
-            by=self.conn.hostname,
-            client_address=self.client_ip,
-            when=now,
-            id=message_id.removeprefix("urn:uuid:"),
-        )
-        txn_id, txn_time = transaction
-        return M.Message(
+            content,
             server=self.host.server_record,
             connection=self.record,
-            transaction=M.Transaction(
-                id=txn_id,
-                creation_time=txn_time,
-                helo_name=envelope.helo,
-                protocol=envelope.protocol,
-            ),
-            email=M.build_email(
-                envelope,
-                id=message_id,
-                creation_time=now,
-                received=received,
-                content=content,
-            ),
+            transaction=transaction,
+            message_id=message_id,
             rejection=rejection,
         )
 
