@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from wildboar import message as M
+from wildboar import record as R
 from wildboar import smtp
 
 T = TypeVar("T")
@@ -23,13 +24,34 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
+def message_of(
+    envelope: smtp.Envelope,
+    content: bytes,
+    *,
+    when: datetime.datetime = NOW,
+    family: R.Family = "ipv4",
+    remote: R.Endpoint = ("192.0.2.10", 49152),
+    local: R.Endpoint = ("127.0.0.1", 2525),
+) -> M.Message:
+    """The record of ``envelope`` and ``content``, built as the worker builds one
+    (``wildboar.record.build_message``), by mx.example.org at ``when``."""
+    return R.build_message(
+        envelope,
+        content,
+        server=R.build_server("mx.example.org", when=NOW),
+        connection=R.build_connection(family, remote, local, when=NOW),
+        transaction=(M.new_urn(), NOW),
+        when=when,
+    )
+
+
 def make_message(
     sender: str = "alice@example.org",
     to: tuple[str, ...] = ("bob@example.net",),
     content: bytes = b"Subject: hello\r\n\r\nHello, Bob.\r\n",
     when: datetime.datetime = NOW,
 ) -> M.Message:
-    """A record built the way the worker builds one (see ``wildboar.cli.Replay.accept``)."""
+    """A record of a message from ``sender`` to ``to``, as the worker builds one."""
     envelope = smtp.Envelope(
         helo="client.example.com",
         protocol="ESMTP",
@@ -39,26 +61,4 @@ def make_message(
         size=len(content),
         chunked=False,
     )
-    message_id = M.new_urn()
-    received = smtp.received_header(
-        envelope,
-        by="mx.example.org",
-        client_address="192.0.2.10",
-        when=NOW,
-        id=message_id.removeprefix("urn:uuid:"),
-    )
-    return M.Message(
-        server=M.Server(id=M.new_urn(), creation_time=NOW, hostname="mx.example.org"),
-        connection=M.Connection(
-            id=M.new_urn(),
-            creation_time=NOW,
-            remote=M.Remote(family="ipv4", address="192.0.2.10", port=49152),
-            local=M.Local(address="127.0.0.1", port=2525),
-        ),
-        transaction=M.Transaction(
-            id=M.new_urn(), creation_time=NOW, helo_name="client.example.com", protocol="ESMTP"
-        ),
-        email=M.build_email(
-            envelope, id=message_id, creation_time=when, received=received, content=content
-        ),
-    )
+    return message_of(envelope, content, when=when)

@@ -14,6 +14,7 @@ import msgspec
 from wildboar import cli
 from wildboar import config as C
 from wildboar import message as M
+from wildboar.cli import load, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def handed_on(*flags: str) -> tuple[list[str], dict[str, str]]:
     """The supervisor's command line and what ``serve`` adds to its environment."""
     args = cli.parser().parse_args(["serve", "--workers", "1", *flags])
     config = C.load(environ={}, flags=C.flags_of(args))
-    return cli.supervisor_command(config, args), cli.worker_environment(args)
+    return serve.supervisor_command(config, args), serve.worker_environment(args)
 
 
 def test_serve_passes_a_url_file_as_its_path_only(tmp_path: Path) -> None:
@@ -96,10 +97,10 @@ def test_serve_runs_isolated_interpreters_and_resolves_no_name_as_root(tmp_path:
     the workers take relative paths from where serve started, and serve's own look at the
     configuration does not resolve the host name (it runs as root): the workers do."""
     args = cli.parser().parse_args(["serve", "--workers", "1", "--directory", str(tmp_path)])
-    config = cli._load(args, resolve_hostname=False)
-    assert config is not None and config.hostname == cli.UNRESOLVED_HOSTNAME
+    config = load.load_config(args, resolve_hostname=False)
+    assert config is not None and config.hostname == load.UNRESOLVED_HOSTNAME
     assert config.spool.path == str(tmp_path / "spool")
-    command = cli.supervisor_command(config, args)
+    command = serve.supervisor_command(config, args)
     supervisor, worker = command[: command.index("--")], command[command.index("--") + 1 :]
     assert supervisor[1:4] == ["-I", "-m", "supervisor"]
     assert worker[1:6] == ["-I", "-m", "wildboar.worker", "--directory", str(tmp_path)]

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from wildboar import dsn, smtp
 from wildboar import message as M
 
-from .records import NOW
+from .records import NOW, message_of
 
 SENDER = "alice@example.org"
 CONTENT = b"From: Alice <alice@example.org>\r\nSubject: hello\r\n\r\nHello, Carol.\r\n"
@@ -53,25 +53,7 @@ def record(
         size=len(content),
         chunked=mail.body == "BINARYMIME",
     )
-    message_id = M.new_urn()
-    received = smtp.received_header(
-        envelope, by="mx.example.org", client_address="192.0.2.10", when=NOW, id="4Zx9"
-    )
-    return M.Message(
-        server=M.Server(id=M.new_urn(), creation_time=NOW, hostname="mx.example.org"),
-        connection=M.Connection(
-            id=M.new_urn(),
-            creation_time=NOW,
-            remote=M.Remote(family="ipv4", address="192.0.2.10", port=49152),
-            local=M.Local(address="192.0.2.1", port=25),
-        ),
-        transaction=M.Transaction(
-            id=M.new_urn(), creation_time=NOW, helo_name="client.example.com", protocol="ESMTP"
-        ),
-        email=M.build_email(
-            envelope, id=message_id, creation_time=NOW, received=received, content=content
-        ),
-    )
+    return message_of(envelope, content)
 
 
 def rcpt(

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from wildboar import message as M
 from wildboar import smtp
 
+from .records import message_of
+
 SCHEMA_FILE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "message.schema.json"
 # RFC 9562 §4 (version 4, variant 10xx) in RFC 8141 URN form, lower case as uuid.urn writes.
 URN_BODY = r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
@@ -327,24 +329,13 @@ def _example() -> M.Message:
         chunked=False,
     )
     when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
-    return M.Message(
-        server=M.Server(id=M.new_urn(), creation_time=when, hostname="mx.example.org"),
-        connection=M.Connection(
-            id=M.new_urn(),
-            creation_time=when,
-            remote=M.Remote(family="ipv6", address="2001:db8::1", port=49152),
-            local=M.Local(address="2001:db8::25", port=25),
-        ),
-        transaction=M.Transaction(
-            id=M.new_urn(), creation_time=when, helo_name="client.example", protocol="ESMTP"
-        ),
-        email=M.build_email(
-            envelope,
-            id=M.new_urn(),
-            creation_time=when,
-            received=b"Received: from client.example\r\n",
-            content=b"body\r\n",
-        ),
+    return message_of(
+        envelope,
+        b"body\r\n",
+        when=when,
+        family="ipv6",
+        remote=("2001:db8::1", 49152),
+        local=("2001:db8::25", 25),
     )
 
 
@@ -356,9 +347,11 @@ def test_a_record_built_from_an_envelope() -> None:
     email = record["email"]
     assert email["from"] == "alice@example.net"
     assert email["to"] == ["bob@example.org", "carol@example.org"]
-    assert base64.b64decode(email["data"]) == b"Received: from client.example\r\nbody\r\n"
-    assert email["size"] == len(b"Received: from client.example\r\nbody\r\n")
-    assert email["received"] == "Received: from client.example"
+    received = email["received"]
+    assert received.startswith("Received: from client.example ([IPv6:2001:db8::1])\r\n")
+    assert received.endswith("; Fri, 02 Jan 2026 03:04:05 +0000")
+    assert base64.b64decode(email["data"]) == received.encode() + b"\r\nbody\r\n"
+    assert email["size"] == len(received) + len(b"\r\nbody\r\n")
     assert email["declaredSize"] == 42
     assert email["recipients"][0] == {
         "address": "bob@example.org",

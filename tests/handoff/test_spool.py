@@ -477,11 +477,11 @@ def test_a_directory_without_msg_is_not_a_spool(tmp_path: Path) -> None:
 def cli(
     *args: str, env: dict[str, str] | None = None, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m wildboar.spool_cli spool ARGS`` in a child process."""
+    """``python -m wildboar.cli spool ARGS`` in a child process."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("WILDBOAR_")}
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "wildboar.spool_cli", "spool", *args],
+        [sys.executable, "-m", "wildboar.cli", "spool", *args],
         capture_output="stdout" not in kwargs,
         text=True,
         env=environ,

@@ -31,12 +31,13 @@ DEBUG_LOG = os.environ.get("WILDBOAR_TEST_SERVER_LOG", "")
 SERVE_PASSING_COVERAGE = """\
 import sys
 from wildboar import cli
-build = cli.supervisor_command
+from wildboar.cli import serve
+build = serve.supervisor_command
 def supervisor_command(config, args):
     command = build(config, args)
     cut = command.index("--")
     return [*command[:cut], "--pass-env", "COVERAGE_*", *command[cut:]]
-cli.supervisor_command = supervisor_command
+serve.supervisor_command = supervisor_command
 sys.exit(cli.main())
 """
 

@@ -26,8 +26,8 @@ descriptor (``Directories``), and every operation inside goes through those desc
 (``openat``, ``renameat``, ``unlinkat``, ``fdopendir``, ``fsync``): a directory swapped for a
 link afterwards is not followed, and no operation (``clean_tmp``'s unlinks included) can
 reach outside the spool. A root reader (``wildboar spool``, which drops to the spool's owner
-before it opens the spool, see ``spool_cli``) takes the root's owner as the owner every
-directory must have. File names come only from a UUID checked against a strict pattern,
+before it opens the spool, see ``wildboar.cli.spool``) takes the root's owner as the owner
+every directory must have. File names come only from a UUID checked against a strict pattern,
 never from other message content, and operator-given ids are checked the same way.
 Directories are created 0700 and files 0600 (mail is private). The reader opens files
 with ``O_NOFOLLOW|O_NONBLOCK`` and validates every record against the schema.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import errno
 import json
 import os
@@ -23,6 +22,7 @@ from collections import Counter
 from typing import Literal
 
 from .. import message as M
+from .. import record as R
 from .. import smtp
 from ..config import Config, serving_warnings
 from ..handoff.base import Delivery, Handoff, combine
@@ -57,9 +57,7 @@ class Worker:
         self.handoffs = handoffs
         self.control = control
         self.id = M.new_urn()
-        self.server_record = M.Server(
-            id=self.id, creation_time=datetime.datetime.now(datetime.UTC), hostname=config.hostname
-        )
+        self.server_record = R.build_server(config.hostname, id=self.id)
         self.sessions: set[Session] = set()
         self.per_ip: Counter[str] = Counter()
         self.messages = 0

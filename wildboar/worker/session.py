@@ -5,8 +5,9 @@ the handoffs.
 Owns: per-connection I/O, flow control (reading pauses while the core holds a large
 backlog, e.g. input pipelined behind a message being made durable, and while the client is
 not reading our replies), the session's deadline (checked by the worker's sweeper), the
-message record.
-Must not know: how handoffs store messages, how sockets were obtained.
+facts of its message records (built by ``wildboar.record``).
+Must not know: how handoffs store messages, how sockets were obtained, the ``Worker``
+class (a session sees its worker through ``host.Host`` only).
 Security: a client controls everything that arrives here; the core parses it with bounded
 memory; this class holds at most ``sessions.content_memory`` octets of message content in
 memory (the rest waits in an unnamed temp file, ``content.py``) and reads a message back
@@ -23,20 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from .. import message as M
+from .. import record as R
 from .. import smtp
 from ..handoff.base import Delivery, local_failure
 from .content import Content
+from .host import Host, RecipientVerifier
 from .logs import log
-
-if TYPE_CHECKING:
-    from ..handoff.lmtp import LmtpHandoff
-    from .serve import Worker
 
 # Read no more while the core holds this much unparsed input (pipelined commands).
 BACKLOG_HIGH_WATER = 256 * 1024
@@ -61,10 +58,7 @@ LIFETIME = smtp.Reply(421, "4.4.2", "Error: session lasted too long, reconnect t
 TOO_MANY_SESSIONS = smtp.Reply(421, "4.7.0", "Error: too many connections, try again later")
 HANDOFF_TIMEOUT = smtp.Reply(451, "4.3.0", "Error: queue timeout, try again later")
 LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Error: local problem, try again later")
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+FAMILIES: dict[int, R.Family] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 
 def _endpoint(address: object) -> tuple[str, int | None]:
@@ -76,33 +70,33 @@ def _endpoint(address: object) -> tuple[str, int | None]:
 class Session(asyncio.Protocol):
     def __init__(
         self,
-        worker: Worker,
+        host: Host[Session],
         listener: str,
         refuse: smtp.Reply | None,
         spoke_first: bool = False,
     ) -> None:
-        self.worker = worker
+        self.host = host
         self.listener = listener
         self.refuse = refuse
         #: Input was waiting before the greeting: greet only once it has been read, so the
         #: core sees it and answers 554 5.5.0 (synchronization), as docs/protocol.md says.
         self.spoke_first = spoke_first
-        config = worker.config
+        config = host.config
         self.conn = smtp.ServerConnection(
-            config.hostname, limits=config.limits, extensions=worker.extensions
+            config.hostname, limits=config.limits, extensions=host.extensions
         )
         self.id = M.new_urn()
-        self.created = _now()
+        self.created = R.now()
         self.transport: asyncio.Transport | None = None
-        self.deadline = worker.clock() + config.timeouts.command
+        self.deadline = host.clock() + config.timeouts.command
         #: The session ends here whatever the client does (``timeouts.session``).
-        self.ends_at = worker.clock() + config.timeouts.session
+        self.ends_at = host.clock() + config.timeouts.session
         self.client_ip = ""
         self.record: M.Connection | None = None
-        self.transaction: tuple[str, datetime.datetime] | None = None
+        self.transaction: R.TransactionStart | None = None
         # One buffer, not a list of pieces: content arriving a byte per read must cost a
         # byte of memory per byte, not a bytes object per byte; beyond a threshold, a file.
-        self.content = Content(worker.content_directory, config.sessions.content_memory)
+        self.content = Content(host.content_directory, config.sessions.content_memory)
         self.octets = 0  # content octets this turn: each moves the data-block deadline on
         self.touched_in_data = False  # whether the deadline is a data-block one
         self.draining = False  # the worker drains: close once the transaction is over
@@ -126,24 +120,19 @@ class Session(asyncio.Protocol):
         peer = _endpoint(transport.get_extra_info("peername"))
         local = _endpoint(transport.get_extra_info("sockname"))
         sock = transport.get_extra_info("socket")
-        family = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}.get(sock.family, "unix")
+        family = FAMILIES.get(sock.family, "unix")
         if family == "ipv6" and peer[0].startswith("::ffff:"):
             # An IPv4 client on a dual-stack IPv6 socket: both ends are IPv4 addresses.
             family = "ipv4"
             peer = (peer[0].removeprefix("::ffff:"), peer[1])
             local = (local[0].removeprefix("::ffff:"), local[1])
         self.client_ip = peer[0]
-        self.record = M.Connection(
-            id=self.id,
-            creation_time=self.created,
-            remote=M.Remote(family=family, address=peer[0], port=peer[1]),  # type: ignore[arg-type]
-            local=M.Local(address=local[0], port=local[1]),
-        )
+        self.record = R.build_connection(family, peer, local, id=self.id, when=self.created)
         self._touch()
         log(
             "connection_open",
             connection=self.id,
-            server=self.worker.id,
+            server=self.host.id,
             listener=self.listener,
             remote=peer[0],
             remote_port=peer[1],
@@ -163,11 +152,11 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.delivering is None:
-            self.worker.session_closed(self)
+            self.host.session_closed(self)
         log(
             "connection_close",
             connection=self.id,
-            server=self.worker.id,
+            server=self.host.id,
             remote=self.client_ip,
             messages=self.messages,
         )
@@ -232,7 +221,7 @@ class Session(asyncio.Protocol):
         if self.more:
             self._pause("busy")
             if "writing" not in paused:
-                self.worker.loop.call_soon(self._continue)
+                self.host.loop.call_soon(self._continue)
         elif paused:
             self._resume("busy")
         if conn.input_backlog > BACKLOG_HIGH_WATER:
@@ -250,15 +239,15 @@ class Session(asyncio.Protocol):
         elif type(event) is smtp.MessageComplete:
             # No pause_reading here: while the question waits the core consumes nothing,
             # and the backlog mark in _process stops reading if the client sends on.
-            self.delivering = self.worker.loop.create_task(self._deliver(event))
+            self.delivering = self.host.loop.create_task(self._deliver(event))
         elif type(event) is smtp.MailFrom:
             # Draining, a session gets the transaction it came for, not one more.
             late = self.draining and self.transactions > 0
-            refusal = SHUTDOWN if late else self.worker.refusal("mail")
+            refusal = SHUTDOWN if late else self.host.refusal("mail")
             if refusal is not None:
                 self._answer(refusal)
                 return
-            self.transaction = (M.new_urn(), _now())
+            self.transaction = R.start_transaction()
             self.sender = (event.sender, event.params.smtputf8)
             self._answer(ACCEPT)
         elif type(event) is smtp.RcptTo:
@@ -268,22 +257,22 @@ class Session(asyncio.Protocol):
         elif type(event) is smtp.ConnectionClosed:
             self._close()
         elif type(event) is smtp.ClientConnected:
-            self._answer(self.refuse or self.worker.refusal("connect") or ACCEPT)
+            self._answer(self.refuse or self.host.refusal("connect") or ACCEPT)
         else:
             self._answer(ACCEPT)
 
     def _recipient(self, address: str) -> None:
         """Ours by the domain list, then, with an MDA to ask, deliverable by its word (the
         core waits for the answer meanwhile; <Postmaster> is not asked: RFC 5321 §4.5.1)."""
-        policy = self.worker.policy
+        policy = self.host.policy
         refusal = policy.check(address)
-        verifier = self.worker.verifier
+        verifier = self.host.verifier
         if refusal is not None or verifier is None or policy.is_postmaster(address):
             self._answer(refusal or ACCEPT)
             return
-        self.checking = self.worker.loop.create_task(self._verify(verifier, address))
+        self.checking = self.host.loop.create_task(self._verify(verifier, address))
 
-    async def _verify(self, verifier: LmtpHandoff, address: str) -> None:
+    async def _verify(self, verifier: RecipientVerifier, address: str) -> None:
         sender, utf8 = self.sender
         reply = await verifier.check(sender, address, utf8)
         self.checking = None
@@ -315,7 +304,7 @@ class Session(asyncio.Protocol):
             envelope = event.envelope
             fields: dict[str, Any] = {
                 "connection": self.id,
-                "server": self.worker.id,
+                "server": self.host.id,
                 "transaction": self.transaction[0],
             }
             message_id = None
@@ -328,7 +317,7 @@ class Session(asyncio.Protocol):
                     size=envelope.size,
                 )
             log("message_refused", **fields, reply=reply.to_bytes().decode().strip())
-            if envelope is not None and self.worker.records_rejections:
+            if envelope is not None and self.host.records_rejections:
                 rejection = M.Rejection(
                     code=reply.code, enhanced=reply.status or "", text=" ".join(reply.lines)
                 )
@@ -347,11 +336,11 @@ class Session(asyncio.Protocol):
         if not content.spilled:
             with contextlib.suppress(OSError):
                 data = content.read()
-                self.worker.rejected(self._message(envelope, rejection, message_id, data))
+                self.host.rejected(self._message(envelope, rejection, message_id, data))
             return
-        self.content = Content(self.worker.content_directory, content.memory)
+        self.content = Content(self.host.content_directory, content.memory)
         rejected = (envelope, rejection, message_id, self.transaction)
-        self.worker.loop.create_task(self._reject_spilled(content, *rejected))
+        self.host.loop.create_task(self._reject_spilled(content, *rejected))
 
     async def _reject_spilled(
         self,
@@ -359,7 +348,7 @@ class Session(asyncio.Protocol):
         envelope: smtp.Envelope,
         rejection: M.Rejection,
         message_id: str | None,
-        transaction: tuple[str, datetime.datetime] | None,
+        transaction: R.TransactionStart | None,
     ) -> None:
         try:
             data = await asyncio.to_thread(content.read)
@@ -367,7 +356,7 @@ class Session(asyncio.Protocol):
             return
         finally:
             content.clear()
-        self.worker.rejected(self._message(envelope, rejection, message_id, data, transaction))
+        self.host.rejected(self._message(envelope, rejection, message_id, data, transaction))
 
     def _close(self) -> None:
         self._flush()
@@ -381,8 +370,8 @@ class Session(asyncio.Protocol):
         message_id = M.new_urn()
         # The worker's sweeper enforces the handoff timeout (see expired): no timer per
         # message, which a busy worker would feel. Waiting for the budget counts.
-        self.deadline = self.worker.clock() + self.worker.config.timeouts.handoff
-        budget = self.worker.budget
+        self.deadline = self.host.clock() + self.host.config.timeouts.handoff
+        budget = self.host.budget
         taken = 0
         try:
             taken = await budget.acquire(self.content.size)
@@ -408,7 +397,7 @@ class Session(asyncio.Protocol):
         data = await asyncio.to_thread(content.read) if content.spilled else content.read()
         record = self._message(envelope, message_id=message_id, content=data)
         del data  # the record holds it; nothing else may
-        return await self.worker.deliver(record)
+        return await self.host.deliver(record)
 
     def expire_handoff(self) -> None:
         """The handoff took longer than its timeout: stop waiting, answer 451."""
@@ -420,14 +409,14 @@ class Session(asyncio.Protocol):
         self.delivering = None
         if delivery.ok:
             self.messages += 1
-            self.worker.messages += 1
+            self.host.messages += 1
             answer: smtp.Answer = smtp.Accept(f"Ok: queued as {message_id}")
         else:
             answer = delivery.reply or HANDOFF_TIMEOUT
         log(
             "message_accepted" if delivery.ok else "message_deferred",
             connection=self.id,
-            server=self.worker.id,
+            server=self.host.id,
             transaction=self.transaction[0] if self.transaction else None,
             message=message_id,
             sender=envelope.sender,
@@ -436,7 +425,7 @@ class Session(asyncio.Protocol):
             reply=None if delivery.ok else answer.to_bytes().decode().strip(),  # type: ignore[union-attr]
         )
         if self.closed:
-            self.worker.session_closed(self)
+            self.host.session_closed(self)
             return
         self._answer(answer)
         self.transaction = None
@@ -452,7 +441,7 @@ class Session(asyncio.Protocol):
     def _close_when_idle(self) -> None:
         """Draining: give the client ``DRAIN_IDLE_GRACE`` seconds for its next command (a
         QUIT, usually, or a MAIL that gets 421), then close if it sent none."""
-        self.worker.loop.call_later(DRAIN_IDLE_GRACE, self._close_if_idle)
+        self.host.loop.call_later(DRAIN_IDLE_GRACE, self._close_if_idle)
 
     def _close_if_idle(self) -> None:
         if self.delivering is None and self.conn.state in IDLE and not self.closed:
@@ -464,36 +453,17 @@ class Session(asyncio.Protocol):
         rejection: M.Rejection | None = None,
         message_id: str | None = None,
         content: bytes = b"",
-        transaction: tuple[str, datetime.datetime] | None = None,
+        transaction: R.TransactionStart | None = None,
     ) -> M.Message:
         transaction = transaction or self.transaction
         assert self.record is not None and transaction is not None
-        message_id = message_id or M.new_urn()
-        now = _now()
-        received = smtp.received_header(
+        return R.build_message(
             envelope,
-            by=self.conn.hostname,
-            client_address=self.client_ip,
-            when=now,
-            id=message_id.removeprefix("urn:uuid:"),
-        )
-        txn_id, txn_time = transaction
-        return M.Message(
-            server=self.worker.server_record,
+            content,
+            server=self.host.server_record,
             connection=self.record,
-            transaction=M.Transaction(
-                id=txn_id,
-                creation_time=txn_time,
-                helo_name=envelope.helo,
-                protocol=envelope.protocol,
-            ),
-            email=M.build_email(
-                envelope,
-                id=message_id,
-                creation_time=now,
-                received=received,
-                content=content,
-            ),
+            transaction=transaction,
+            message_id=message_id,
             rejection=rejection,
         )
 
@@ -515,9 +485,9 @@ class Session(asyncio.Protocol):
         """Restart the clock for the next command (or the next piece of content)."""
         if in_data is None:
             in_data = self.conn.state in IN_DATA
-        timeouts = self.worker.config.timeouts
+        timeouts = self.host.config.timeouts
         self.touched_in_data = in_data
-        self.deadline = self.worker.loop.time() + (
+        self.deadline = self.host.loop.time() + (
             timeouts.data_block if in_data else timeouts.command
         )
 
@@ -526,8 +496,8 @@ class Session(asyncio.Protocol):
         seconds, never beyond ``data_block`` from now. A client must keep an average of
         ``data_rate`` octets a second (with ``data_block`` seconds of slack), however it
         cuts its content into pieces."""
-        timeouts = self.worker.config.timeouts
-        latest = self.worker.loop.time() + timeouts.data_block
+        timeouts = self.host.config.timeouts
+        latest = self.host.loop.time() + timeouts.data_block
         self.deadline = min(latest, self.deadline + octets / timeouts.data_rate)
 
     def expired(self, now: float) -> bool:
@@ -559,16 +529,13 @@ class Session(asyncio.Protocol):
         if self.shutdown_at is not None:
             # Asked again a second or more later: the reply is still not out, the client
             # does not read it. Drop the connection and free its place.
-            if self.worker.clock() - self.shutdown_at >= ABORT_AFTER:
+            if self.host.clock() - self.shutdown_at >= ABORT_AFTER:
                 self.transport.abort()
             return
-        self.shutdown_at = self.worker.clock()
+        self.shutdown_at = self.host.clock()
         self.paused_reasons.discard("writing")  # the reply goes out whatever is queued
         if self.conn.state is not smtp.State.CLOSED:
             self._answer(reply)
         self._process()
         if self.transport is not None:
             self.transport.close()
-
-
-SessionFactory = Callable[[], Session]

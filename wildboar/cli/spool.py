@@ -44,9 +44,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from . import config
-from . import message as M
-from .handoff.spool import (
+from .. import config
+from .. import message as M
+from ..handoff.spool import (
     CORRUPT_DIR,
     ROOT_UID,
     SUFFIX,
@@ -57,6 +57,7 @@ from .handoff.spool import (
     describe,
     spool_owner,
 )
+from .load import UNRESOLVED_HOSTNAME
 
 DRAIN_HELP = "print every message as a JSON line and remove it from the spool"
 DRAIN_DESCRIPTION = (
@@ -147,7 +148,7 @@ def _paths(args: argparse.Namespace) -> dict[str | None, str]:
     command line has one, else the usual sources) and its LMTP retry and bounce spools, by
     the name of the option that selects them."""
     # The host name is not needed here: not looked up (NSS and DNS) as root.
-    flags: dict[str, object] = {"hostname": "hostname.invalid"}
+    flags: dict[str, object] = {"hostname": UNRESOLVED_HOSTNAME}
     if args.spool is not None:  # the others are then where they are for it
         flags["spool"] = {"path": args.spool}
     loaded = config.load(file=getattr(args, "config", None), flags=flags)
@@ -426,15 +427,3 @@ def _silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m wildboar.spool_cli spool ...``: the same commands without the main CLI."""
-    parser = argparse.ArgumentParser(prog="wildboar")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m wildboar.cli``: the ``wildboar`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

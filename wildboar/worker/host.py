@@ -1,0 +1,90 @@
+"""What a session may use of the worker that hosts it: the narrow interface between
+``session.py`` and ``serve.py``.
+
+Owns: ``Host``, the typing.Protocol naming exactly what a ``Session`` asks of its worker
+(its clock and loop, its configuration and offered extensions, the recipient policy and the
+MDA's recipient check, the delivery budget and the spill directory, the handoffs' refusal,
+delivery and rejected record, the accepted-message count, the end of a session), and
+``RecipientVerifier``, the recipient check at RCPT time.
+Must not know: the ``Worker`` class, sessions, handoffs (any object with these members is
+a host: the worker, or a test double).
+Security: none of its own; it only names what a session can reach, which keeps a session
+from reaching the rest of a worker (its control channel, its listeners).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal, Protocol, TypeVar
+
+from .. import message as M
+from .. import smtp
+from ..config import Config
+from ..handoff.base import Delivery
+from ..policy import RecipientPolicy
+from .content import Budget
+
+#: The session type a host is told about when one ends (``Session``, which this module
+#: does not import: ``session.py`` imports this one).
+S_contra = TypeVar("S_contra", contravariant=True)
+
+
+class RecipientVerifier(Protocol):
+    """Asks the MDA whether a recipient can be delivered (the LMTP handoff)."""
+
+    async def check(self, sender: str, recipient: str, smtputf8: bool = False) -> smtp.Reply:
+        """The MDA's reply to RCPT ``recipient``, or a 4xx when it cannot be asked."""
+        ...
+
+
+class Host(Protocol[S_contra]):
+    """The worker, as its sessions see it."""
+
+    #: Messages accepted by every session of this host (a session adds its own).
+    messages: int
+
+    @property
+    def id(self) -> str:
+        """The server's URN, named by every log record of a session."""
+        ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def extensions(self) -> smtp.Extensions:
+        """What sessions offer: the configured extensions every handoff can take."""
+        ...
+
+    @property
+    def server_record(self) -> M.Server: ...
+
+    @property
+    def content_directory(self) -> str: ...
+
+    @property
+    def budget(self) -> Budget: ...
+
+    @property
+    def policy(self) -> RecipientPolicy: ...
+
+    @property
+    def verifier(self) -> RecipientVerifier | None: ...
+
+    @property
+    def records_rejections(self) -> bool:
+        """Whether a handoff keeps records of messages refused after their content."""
+        ...
+
+    def clock(self) -> float: ...
+
+    def refusal(self, stage: Literal["connect", "mail"]) -> smtp.Reply | None: ...
+
+    def rejected(self, message: M.Message) -> None: ...
+
+    async def deliver(self, message: M.Message) -> Delivery: ...
+
+    def session_closed(self, session: S_contra) -> None: ...
