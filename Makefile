@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JOBS   ?= auto
 TYPED  := wildboar $(wildcard supervisor)
 
-.PHONY: run test setup lint typecheck unit coverage bench-core bench clean
+.PHONY: run test setup lint typecheck unit coverage bench-core bench deb test-system clean
 
 run: $(STAMP)
 	sh scripts/run
@@ -30,8 +30,8 @@ $(STAMP): pyproject.toml scripts/system-deps
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check wildboar tests bench $(wildcard supervisor)
-	$(BIN)/ruff format --check wildboar tests bench $(wildcard supervisor)
+	$(BIN)/ruff check wildboar tests bench packaging/bundle $(wildcard supervisor)
+	$(BIN)/ruff format --check wildboar tests bench packaging/bundle $(wildcard supervisor)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict $(TYPED)
@@ -68,6 +68,10 @@ bench: $(STAMP)
 	sh scripts/test-services
 	$(BIN)/python -m bench.server
 	$(BIN)/python -m bench.amqp
+
+# The Debian package, in dist/ (docs/packaging.md); as root it installs what it needs.
+deb:
+	sh packaging/build-deb
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .hypothesis build *.egg-info

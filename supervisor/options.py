@@ -32,8 +32,23 @@ DEFAULT_GROUP = "wildboar"
 DEFAULT_DRAIN_TIMEOUT = 30.0  # seconds a session may take to finish after TERM/HUP/TTOU
 DEFAULT_HEARTBEAT_TIMEOUT = 10.0  # seconds without a heartbeat (sent every 1 s) before SIGKILL
 DEFAULT_BOOT_TIMEOUT = 30.0  # seconds from spawn to "ready" before SIGKILL
-# Isolated (-I): no current directory, user site or PYTHON* variable decides what runs.
-DEFAULT_WORKER_COMMAND = (sys.executable, "-I", "-m", "wildboar.worker")
+
+
+def python_command(module: str) -> tuple[str, ...]:
+    """The command that runs ``module`` of this installation in an isolated interpreter
+    (``-I``: no current directory, user site or ``PYTHON*`` variable decides what runs).
+    Installed on the interpreter's path (a virtual environment): ``-m module``. Installed
+    as a bundle (the Debian package's ``/usr/lib/wildboar``: a directory holding these
+    packages and a ``__main__.py``, which Python puts first on ``sys.path`` when it runs
+    the directory): the bundle, which runs the module. (``wildboar.cli.serve`` has the same
+    rule: the supervisor imports nothing of wildboar.)"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(root, "__main__.py")):
+        return (sys.executable, "-I", root, module)
+    return (sys.executable, "-I", "-m", module)
+
+
+DEFAULT_WORKER_COMMAND = python_command("wildboar.worker")
 #: TTIN adds workers up to this many per CPU (at least --workers): a signal flood, or a
 #: compromised worker, cannot make the supervisor fork without end.
 WORKERS_MAX_PER_CPU = 4
@@ -156,7 +171,8 @@ class _Parser(argparse.ArgumentParser):
         raise StartupError(message)
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The command line of wildboar-supervisor (also made into its manual page)."""
     parser = _Parser(prog=PROG, usage="%(prog)s [options] [-- WORKER_COMMAND...]")
     add = parser.add_argument
     add(
@@ -227,7 +243,7 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
 
 def parse_options(argv: Sequence[str]) -> Options:
     flags, command = _split_command(argv)
-    args = _parser().parse_args(flags)
+    args = parser().parse_args(flags)
     default_max = max(args.workers, WORKERS_MAX_PER_CPU * (os.cpu_count() or 1))
     workers_max = args.workers_max or default_max
     if workers_max < args.workers:

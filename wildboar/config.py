@@ -43,8 +43,11 @@ _LISTEN = re.compile(
 class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A listening socket: ``name`` (smtp, submission, submissions, ...), host and port."""
 
+    #: An IP address (``0.0.0.0``, ``::``, ``192.0.2.25``): no name is looked up as root.
     host: str
+    #: The TCP port (0: any free one, for tests).
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    #: The listener's name in logs and records.
     name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]*$")] = "smtp"
 
     def __post_init__(self) -> None:
@@ -123,7 +126,7 @@ def parse_lmtp_url(url: str) -> tuple[str, int] | str:
 class Lmtp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The LMTP handoff (RFC 2033): delivery into an MDA such as Dovecot."""
 
-    #: ``lmtp:unix:/run/dovecot/lmtp`` or ``lmtp:HOST:PORT``.
+    #: Where the MDA listens: ``lmtp:unix:/run/dovecot/lmtp`` or ``lmtp:HOST:PORT``.
     url: str = "lmtp:unix:/run/dovecot/lmtp"
     #: The name given in LHLO; empty: ``hostname``.
     lhlo: str = ""
@@ -132,7 +135,7 @@ class Lmtp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     verify_recipients: bool | None = None
     #: Connections to the MDA a worker keeps at most (each serves one transaction at a time).
     connections: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
-    connect_timeout: Seconds = 10.0
+    connect_timeout: Seconds = 10.0  # an MDA not connected by then: 451 4.3.0
     #: A reply to a command (LHLO, MAIL, RCPT, DATA) not in within this time: a failure.
     command_timeout: Seconds = 60.0
     #: The replies after the content not in within this time: a failure (RFC 5321
@@ -142,10 +145,10 @@ class Lmtp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: ``<spool.path>/lmtp``), and where bounces (DSNs) wait for the operator (empty:
     #: ``<spool.path>/bounce``).
     retry_spool: str = ""
-    bounce_spool: str = ""
+    bounce_spool: str = ""  # where bounces wait (empty: <spool.path>/bounce)
     #: Seconds between attempts: half the message's age, within these.
     retry_min: Seconds = 300.0
-    retry_max: Seconds = 4000.0
+    retry_max: Seconds = 4000.0  # the longest time between two attempts
     #: A recipient still refused this long after the message came gets a bounce (5 days).
     max_retry_age: Annotated[float, msgspec.Meta(gt=0, le=60 * 86400)] = 5 * 86400.0
 
@@ -156,14 +159,20 @@ class Lmtp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Recipients(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Whom this server receives mail for (``wildboar.policy``)."""
 
-    #: The domains; ``["*"]`` accepts every one (for trying out, never for an MX). Unset:
-    #: every one without a configuration file (the embedded default, which says so), and
-    #: a configuration file that leaves it unset does not serve (``serving_errors``).
+    #: The domains this server receives mail for (e.g. ``["example.org", "example.net"]``);
+    #: ``["*"]`` accepts every one (for trying out, never for an MX). A configuration file
+    #: that leaves it unset does not serve; without a file (the embedded default) every
+    #: domain is accepted, and the log says so.
     domains: list[str] | None = None
 
 
 class Sessions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How many sessions a worker serves, and what they may hold."""
+
+    #: Sessions a worker serves at once (capped to what its open-files limit allows); a
+    #: client beyond them gets 421 4.3.2.
     per_worker: Positive = 1000
+    #: Sessions one client address may have open at once in a worker; more get 421 4.7.0.
     per_client_ip: Positive = 50
     #: Octets of one message's content a session holds in memory; the rest goes to an
     #: unnamed temp file in ``<spool.path>/tmp`` until the handoff reads it back, so a
@@ -178,6 +187,10 @@ DEFAULT_SPOOL_PATH = "./spool"
 
 
 class Spool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The spool: the ``spool`` handoff's directory, and the parent of the others."""
+
+    #: The spool directory, owned by ``user`` and writable by it alone; the AMQP buffer,
+    #: the LMTP retry spool and the bounce spool are in it by default.
     path: str = DEFAULT_SPOOL_PATH
     #: Largest number of messages made durable by one group commit.
     batch: Positive = 64
@@ -212,7 +225,7 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     routing_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "after.smtp"
     #: Declare a default queue per exchange (``quorum``, recommended, or ``classic`` lazy).
     declare_queues: bool = True
-    queue_type: Literal["quorum", "classic"] = "quorum"
+    queue_type: Literal["quorum", "classic"] = "quorum"  # of the declared queues
     #: The record's encoding: ``application/json`` or ``application/msgpack``.
     format: Literal["json", "msgpack"] = "json"
     #: Publish connection, transaction and rejection events to the topic exchange ``events``.
@@ -223,9 +236,11 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_message_size: Annotated[int, msgspec.Meta(ge=1024, le=536_870_912)] = 16 * 1024 * 1024
     #: A publish not confirmed within this time is a failure (451 or store-and-forward).
     confirm_timeout: Seconds = 30.0
-    connect_timeout: Seconds = 10.0
+    connect_timeout: Seconds = 10.0  # to connect to a broker, before the next is tried
+    #: Seconds between reconnection attempts: doubling from the one to the other.
     reconnect_min: Seconds = 0.5
-    reconnect_max: Seconds = 30.0
+    reconnect_max: Seconds = 30.0  # the longest wait between reconnection attempts
+    #: AMQP heartbeat interval proposed to the broker, in seconds (0: none).
     heartbeat: Annotated[int, msgspec.Meta(ge=0)] = 60
     #: While the broker cannot take a message, spool it (250) and publish it once it is back.
     store_and_forward: bool = False
@@ -479,15 +494,26 @@ def _read_at_most(fd: int, limit: int) -> bytes:
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole configuration (``wildboar.toml(5)``)."""
+
     #: This configuration's identity, new at every load.
     id: str = msgspec.field(default_factory=new_urn)
+    #: This server's name: in the greeting, the EHLO reply, Received fields and bounces.
     hostname: str = msgspec.field(default_factory=default_hostname)
+    #: Where to listen when systemd passes no sockets (under systemd they come from
+    #: wildboar.socket and wildboar-submission.socket): ``[NAME=]HOST:PORT`` strings, IPv6
+    #: hosts in brackets (``["smtp=0.0.0.0:25", "submission=[::]:587"]``), or
+    #: ``[[listen]]`` tables of ``name``, ``host`` and ``port``.
     listen: list[Listener] = msgspec.field(default_factory=lambda: list(DEFAULT_LISTEN))
+    #: Worker processes; each serves any number of sessions (a restart changes it).
     workers: Positive = msgspec.field(default_factory=lambda: os.cpu_count() or 1)
     #: TTIN never takes the worker count past this (none: 4 per CPU, at least ``workers``).
     workers_max: Positive | None = None
+    #: The unprivileged user and group every process runs as once the sockets are bound.
     user: str = "wildboar"
-    group: str = "wildboar"
+    group: str = "wildboar"  # the workers' group (see user)
+    #: Where accepted messages go: ``spool``, ``amqp``, ``lmtp`` (several: every one must
+    #: have the message before the client gets 250), or ``discard`` (benchmarks only).
     handoff: list[Literal["spool", "amqp", "lmtp", "discard"]] = msgspec.field(
         default_factory=lambda: ["spool"]
     )
@@ -499,6 +525,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     sessions: Sessions = Sessions()
     recipients: Recipients = Recipients()
     lmtp: Lmtp = Lmtp()
+    #: ``journal`` (native journald fields), ``json`` (one object a line on stderr), or
+    #: ``auto``: the journal when stderr is journald's, else JSON.
     log_format: Literal["auto", "json", "journal"] = "auto"
 
     def __post_init__(self) -> None:
@@ -843,8 +871,13 @@ def config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where relative paths of the configuration start (default: the current directory)",
     )
-    parser.add_argument("--listen", action="append", metavar="[NAME=]HOST:PORT")
-    parser.add_argument("--workers", type=int, metavar="N")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="[NAME=]HOST:PORT",
+        help="listen there (repeatable; ignored when systemd passes the sockets)",
+    )
+    parser.add_argument("--workers", type=int, metavar="N", help="worker processes")
     parser.add_argument("--spool", metavar="DIR", help="spool directory")
     parser.add_argument("--hostname", help="this server's name in replies and headers")
     parser.add_argument(

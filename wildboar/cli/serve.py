@@ -30,12 +30,24 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.set_defaults(func=cmd_serve)
 
 
+def python_command(module: str) -> list[str]:
+    """The command that runs ``module`` of this installation in an isolated interpreter:
+    ``-m module`` from the interpreter's path (a virtual environment), or through the bundle
+    this code is part of (the Debian package's ``/usr/lib/wildboar``, a directory with a
+    ``__main__.py``, run by path). The supervisor's ``options.python_command`` is the same
+    rule (it imports nothing of wildboar)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.isfile(os.path.join(root, "__main__.py")):
+        return [sys.executable, "-I", root, module]
+    return [sys.executable, "-I", "-m", module]
+
+
 def supervisor_command(config: C.Config, args: argparse.Namespace) -> list[str]:
     """The supervisor's command line, with the worker command after ``--``. Both run an
     isolated interpreter (``-I``: neither the current directory nor ``PYTHON*`` variables
     nor the user's site directory on ``sys.path``): root starts the first, and a directory
     it happens to be in must not decide what code runs."""
-    command = [sys.executable, "-I", "-m", "supervisor"]
+    command = python_command("supervisor")
     # Under socket activation (the supervisor keeps this process's pid: exec) the default
     # listener is not passed: the supervisor would warn that it ignores it.
     activated = os.environ.get("LISTEN_PID") == str(os.getpid()) and "LISTEN_FDS" in os.environ
@@ -50,7 +62,7 @@ def supervisor_command(config: C.Config, args: argparse.Namespace) -> list[str]:
     # passed on, so that a value from the file or the environment can change on reload.
     # They run in /, and take relative paths from where serve was started.
     directory = os.path.abspath(args.directory or os.getcwd())
-    worker = [sys.executable, "-I", "-m", "wildboar.worker", "--directory", directory]
+    worker = [*python_command("wildboar.worker"), "--directory", directory]
     if args.hostname:
         worker += ["--hostname", args.hostname]
     if args.config:
