@@ -127,9 +127,12 @@ def process_status(path: str = "/proc/self/status") -> dict[str, str]:
 
 def drop_capabilities() -> None:
     """No capability in any set, ``no_new_privs`` set; ``StartupError`` if one remains."""
+    # capset(2) only lowers sets here: with none to lower (an unprivileged start, as under
+    # systemd, whose unit may forbid capset with its system call filter) it is not called.
+    held = any(int(process_status().get(name, "1"), 16) for name in _CAPABILITY_SETS)
     for what, errno in (
         ("clearing the ambient capabilities", _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)),
-        ("emptying the capability sets", _capset_empty()),
+        ("emptying the capability sets", _capset_empty() if held else 0),
         ("setting no_new_privs", _prctl(_PR_SET_NO_NEW_PRIVS, 1)),
     ):
         if errno:

@@ -12,6 +12,7 @@ on stderr naming why.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -179,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         control = socket.socket(fileno=args.control_fd)
         listeners = receive_sockets(control)
-        uvloop.run(run(config, listeners, control))
+        # uvloop.run came with uvloop 0.18; Debian 12 has 0.17: the same, by asyncio's Runner.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run(config, listeners, control))
     except BootError as error:
         _say(str(error))
         return WORKER_BOOT_ERROR
