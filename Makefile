@@ -47,7 +47,7 @@ unit: $(STAMP)
 	sh scripts/test-services
 	rm -rf .coverage .coverage.* $(COVDATA)
 	mkdir -m 1777 $(COVDATA)
-	$(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider \
+	$(BIN)/python -m pytest -n $(JOBS) -p no:cacheprovider --ignore=tests/package \
 		--cov=wildboar --cov=supervisor --cov-branch --cov-report= tests
 	if ls $(COVDATA)/.coverage.* >/dev/null 2>&1; then \
 		$(BIN)/python -m coverage combine --append -q; fi
@@ -72,6 +72,12 @@ bench: $(STAMP)
 # The Debian package, in dist/ (docs/packaging.md); as root it installs what it needs.
 deb:
 	sh packaging/build-deb
+
+# The package under a real systemd (tests/package): builds it, boots a Debian 12 container
+# with systemd-nspawn (its tree made once, kept in /var/cache/wildboar-test), and goes
+# through install, serving, reload, upgrade under load, stop, purge. Needs root.
+test-system: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider -v tests/package
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .hypothesis build *.egg-info

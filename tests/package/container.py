@@ -91,7 +91,9 @@ class Container:
 
     @staticmethod
     def _child_of(pid: int) -> int:
-        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        found = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+        )
         first = found.stdout.split()
         return int(first[0]) if first else 0
 
