@@ -186,13 +186,24 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def smtp_source(port: int, scenario: Scenario, messages: int, timeout: float) -> Run:
+def smtp_source(
+    port: int,
+    scenario: Scenario,
+    messages: int,
+    timeout: float,
+    *,
+    recipient: str = f"rcpt@{HOSTNAME}",
+    lmtp: bool = False,
+) -> Run:
+    """smtp-source (with ``lmtp``: speaking LMTP, ``-L``) sending ``messages`` to
+    ``recipient`` at 127.0.0.1:``port``, killed after ``timeout`` seconds."""
     argv = [
         SMTP_SOURCE,
+        *(["-L"] if lmtp else []),
         *(["-d"] if scenario.many else []),
         "-c",
         *("-s", str(scenario.sessions), "-m", str(messages), "-l", str(scenario.size)),
-        *("-M", "client.example", "-f", "sender@client.example", "-t", f"rcpt@{HOSTNAME}"),
+        *("-M", "client.example", "-f", "sender@client.example", "-t", recipient),
         f"127.0.0.1:{port}",
     ]
     cpu = _children_cpu()
