@@ -2,7 +2,7 @@
 (``make bench``, after ``bench.amqp``).
 
 Postfix's ``smtp-source`` sends to one user of a private Dovecot (``tests/lmtp/dovecot.py``:
-passwd-file users, Maildirs under /tmp, LMTP on 127.0.0.1), through, in one run:
+passwd-file users, Maildirs, LMTP on 127.0.0.1), through, in one run:
 
 - **dovecot lmtp** (the floor): ``smtp-source -L`` straight into Dovecot's LMTP: what
   delivery into the Maildir costs with no MTA in front;
@@ -32,7 +32,11 @@ wildboar's after it), or at the timeout; its figures:
   and workers, or Postfix's master and every daemon it ran (smtpd, cleanup, qmgr,
   trivial-rewrite, lmtp, ...); ``mda us/msg`` the same for Dovecot's master and its
   processes; ``cli us/msg`` smtp-source's. Counted over the same interval for every cell,
-  up to the last message in the Maildir, so Postfix's queue run is in it.
+  up to the last message in the Maildir, so Postfix's queue run is in it;
+- ``others``: the CPUs that the rest of the machine kept busy meanwhile, on average
+  (``/proc/stat``'s busy time less all of the above and the benchmark's own): another
+  job's contention, which the load average does not show here (Dovecot's processes
+  waiting for fsync count in it).
 
 A cell fails when smtp-source does (``bench.server.Run.failure``); it is a ``mismatch``
 when the Maildir does not hold exactly the messages smtp-source counted (or Postfix's
@@ -41,9 +45,12 @@ queue is not empty). The Maildir is removed after each run.
 Security: run as root (``make bench`` is), as the postfix route needs (Postfix's master
 runs as root; its daemons as ``postfix``); wildboar's workers drop to ``nobody``, as in
 ``bench.server``, and so do Dovecot's mail processes (the fixture's choice). Every server
-is a child of the benchmark in a directory of its own under /tmp, stopped by its pid (and
+is a child of the benchmark in a directory of its own, stopped by its pid (and
 its process group or tree killed if anything is left), the directory removed; Debian's own
 Postfix and Dovecot services are never started.
+
+Every directory is made under ``$TMPDIR`` (/tmp when unset): the Maildir, Postfix's queue
+and wildboar's spool are measured on that filesystem, as in ``bench.server``.
 
 Output: a table on stdout, ``bench/results/lmtp.{csv,json,png}`` and every round's figures
 in ``bench/results/lmtp-rounds.{csv,json}``.
@@ -57,11 +64,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -103,6 +112,9 @@ MAX_MESSAGES = 20_000
 #: How often the Maildir is counted while messages are still on their way.
 POLL = 0.01
 START_TIMEOUT = 20.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Where the Maildir, Postfix's queue and wildboar's spool are: the filesystem measured.
+TMP = Path(tempfile.gettempdir())
 TARGET_KEYS = ("dovecot", "postfix", "wildboar", "no-check")
 
 
@@ -252,6 +264,8 @@ class Result:
     server_cpu_us_per_msg: float | None
     mda_cpu_us_per_msg: float | None
     client_cpu_us_per_msg: float | None
+    #: CPUs (of the machine's) that other processes kept busy meanwhile, on average.
+    others_cpus: float | None
     load: float
     status: str  # ok, failed, mismatch, skipped
     note: str
@@ -295,6 +309,16 @@ def _cpu(pid: int | None) -> float:
     return 0.0 if pid is None else tree_cpu(pid)
 
 
+def _busy() -> float:
+    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and
+    iowait), less this process's own."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    busy = (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+    return busy - own.ru_utime - own.ru_stime
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One smtp-source run and what reached the Maildir."""
@@ -305,6 +329,8 @@ class Delivery:
     seconds: float  # smtp-source's start to the last arrival (or to giving up)
     server_cpu: float
     mda_cpu: float
+    #: CPU seconds the rest of the machine used meanwhile (another job's contention).
+    other_cpu: float
 
     def mismatch(self) -> str | None:
         if self.arrived == self.run.completed and not self.queued:
@@ -323,7 +349,7 @@ def deliver(
     it counted is in the Maildir; the Maildir is removed afterwards."""
     shutil.rmtree(dovecot.maildir(USER), ignore_errors=True)
     root, mda = route.root(), dovecot.pid
-    server_cpu, mda_cpu = _cpu(root), _cpu(mda)
+    server_cpu, mda_cpu, busy = _cpu(root), _cpu(mda), _busy()
     start = time.perf_counter()
     run = smtp_source(route.port, scenario, count, timeout, recipient=RECIPIENT, lmtp=route.lmtp)
     deadline = time.perf_counter() + timeout
@@ -332,13 +358,15 @@ def deliver(
             break
         time.sleep(POLL)
     seconds = time.perf_counter() - start
+    server_cpu, mda_cpu, busy = _cpu(root) - server_cpu, _cpu(mda) - mda_cpu, _busy() - busy
     done = Delivery(
         run=run,
         arrived=arrived,
         queued=route.queued(),
         seconds=seconds,
-        server_cpu=_cpu(root) - server_cpu,
-        mda_cpu=_cpu(mda) - mda_cpu,
+        server_cpu=server_cpu,
+        mda_cpu=mda_cpu,
+        other_cpu=max(0.0, busy - server_cpu - mda_cpu - run.client_cpu),
     )
     shutil.rmtree(dovecot.maildir(USER), ignore_errors=True)
     return done
@@ -386,6 +414,7 @@ def _blank(route: Route, scenario: Scenario, status: str, note: str) -> Result:
         server_cpu_us_per_msg=None,
         mda_cpu_us_per_msg=None,
         client_cpu_us_per_msg=None,
+        others_cpus=None,
         load=os.getloadavg()[0],
         status=status,
         note=note,
@@ -413,6 +442,7 @@ def timed(
         server_cpu_us_per_msg=done.server_cpu * per if route.root() else None,
         mda_cpu_us_per_msg=done.mda_cpu * per,
         client_cpu_us_per_msg=run.client_cpu * per,
+        others_cpus=done.other_cpu / done.seconds,
         status="mismatch" if mismatch else "ok",
         note=mismatch or "",
     )
@@ -520,6 +550,7 @@ def combine(rounds: Sequence[Result]) -> Result:
         server_cpu_us_per_msg=median(lambda r: r.server_cpu_us_per_msg),
         mda_cpu_us_per_msg=median(lambda r: r.mda_cpu_us_per_msg),
         client_cpu_us_per_msg=median(lambda r: r.client_cpu_us_per_msg),
+        others_cpus=median(lambda r: r.others_cpus),
         load=max(r.load for r in rounds),
         status=bad.status if bad else "ok",
         note="; ".join(dict.fromkeys(r.note for r in rounds if r.note)),
@@ -552,6 +583,7 @@ COLUMNS = (
     "mda us/msg",
     "srv+mda",
     "cli us/msg",
+    "others",
     "status",
 )
 
@@ -584,6 +616,7 @@ def _row(r: Result) -> tuple[str, ...]:
         _num(r.mda_cpu_us_per_msg),
         _num(both),
         _num(r.client_cpu_us_per_msg),
+        _num(r.others_cpus, ".2f"),
         r.status,
     )
 
@@ -609,10 +642,10 @@ def table(results: Sequence[Result]) -> str:
 
 def notes(results: Sequence[Result]) -> list[str]:
     lines = [f"{r.label}, {r.title}: {r.status}: {r.note}" for r in results if r.note]
-    loads = [r.load for r in results]
-    if loads:
-        low, high = min(loads), max(loads)
-        lines.append(f"1-minute load average at the cells' start: {low:.1f} to {high:.1f}")
+    others = [r.others_cpus for r in results if r.others_cpus is not None]
+    if others:
+        low, high = min(others), max(others)
+        lines.append(f"others: {low:.2f} to {high:.2f} of the CPUs busy with other work")
     rounds = max((r.rounds for r in results), default=1)
     if rounds > 1:
         lines.append(f"each figure: the median of {rounds} rounds; low-high: their msg/s")
@@ -730,7 +763,7 @@ def run_all(
     another load on the machine falls on every route alike."""
     started = time.monotonic()
     results: list[Result] = []
-    with Dovecot(users=[USER], quotas={}, domain=DOMAIN) as dovecot:
+    with Dovecot(users=[USER], quotas={}, domain=DOMAIN, parent=TMP) as dovecot:
         for number in range(1, options.rounds + 1):
             for route in routes(keys, workers, dovecot):
                 print(f"round {number}, {route.label}:", flush=True)

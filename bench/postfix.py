@@ -2,13 +2,13 @@
 own, every message for one virtual domain queued and handed by Postfix's ``lmtp`` client to
 an LMTP server (the benchmark's Dovecot): the MTA path that wildboar's LMTP handoff replaces.
 
-Owns: the instance's files in a directory under /tmp (``main.cf`` and ``master.cf`` in
-``etc/``, which is its ``config_directory``; ``queue/``, its ``queue_directory``; ``data/``;
-the log, ``postfix.log``, through ``postlogd``; the recipient table ``etc/vmailbox``), and the
-life of its ``master(8)``: run in the foreground (``master -s``) as a child of the benchmark,
-in its own session, with every daemon it spawns in its process group; stopped by SIGTERM to
-that pid, as ``postfix stop`` does, the group killed if anything is left. Must not know:
-the benchmark, SMTP, Dovecot.
+Owns: the instance's files in a directory under ``$TMPDIR`` (/tmp when unset): ``main.cf``
+and ``master.cf`` in ``etc/``, which is its ``config_directory``; ``queue/``, its
+``queue_directory``; ``data/``; the log, ``postfix.log``, through ``postlogd``; the
+recipient table ``etc/vmailbox``; and the life of its ``master(8)``: run in the foreground
+(``master -s``) as a child of the benchmark, in its own session, with every daemon it spawns
+in its process group; stopped by SIGTERM to that pid, as ``postfix stop`` does, the group
+killed if anything is left. Must not know: the benchmark, SMTP, Dovecot.
 
 Security: runs as root only (Postfix's master must); its daemons run as Debian's
 ``postfix`` user (``mail_owner``) without chroot. Nothing is read from or written to
@@ -111,7 +111,7 @@ class Postfix:
         self.domain = domain
         self.users = tuple(users)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.dir = Path(tempfile.mkdtemp(prefix="wildboar-bench-postfix-", dir="/tmp"))
+        self.dir = Path(tempfile.mkdtemp(prefix="wildboar-bench-postfix-"))
         self.dir.chmod(0o755)
 
     @property
