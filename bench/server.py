@@ -287,6 +287,7 @@ class Ledger:
         # of every earlier run (the probes) are in, so none is counted for this one.
         self.accepted = self.boar.wait_accepted(target.delivered) if self.boar else 0
         self.files = self.boar.spooled() if self.boar else 0
+        self.dropped = self.boar.dropped_log_lines() if self.boar else 0
         self.cpu = cpu_seconds(target.pids())
 
     def cpu_used(self) -> tuple[float, str]:
@@ -305,7 +306,9 @@ class Ledger:
         problems = []
         accepted = self.boar.wait_accepted(self.accepted + sent) - self.accepted
         if accepted != sent:
-            problems.append(f"its log says {accepted:,} accepted")
+            dropped = self.boar.dropped_log_lines() - self.dropped
+            why = f" (and that it dropped {dropped:,} log lines)" if dropped else ""
+            problems.append(f"its log says {accepted:,} accepted{why}")
         if self.boar.handoff == "spool":
             files = self.boar.spooled() - self.files
             self.boar.empty_spool()

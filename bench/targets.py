@@ -344,6 +344,15 @@ class Wildboar(Target):
     def wait_accepted(self, count: int, timeout: float = 5.0) -> int:
         return 0 if self.log is None else self.log.wait_count("message_accepted", count, timeout)
 
+    def dropped_log_lines(self) -> int:
+        """Log lines the workers dropped so far (``log_lines_dropped``): a worker never
+        waits for its log, and drops lines when the supervisor falls behind."""
+        if self.log is None:
+            return 0
+        self.log.poll()
+        found = (r for r in self.log.records if r.get("event") == "log_lines_dropped")
+        return sum(int(r.get("lines", 0)) for r in found)
+
     def spooled(self) -> int:
         """Files in the spool's ``msg/`` directory (durable messages)."""
         try:
