@@ -28,6 +28,7 @@ matplotlib, the ``bench`` extra).
     python -m bench.server                       # the whole matrix, about 4 minutes
     python -m bench.server --only discard --only smtp-sink --sizes 1024
     python -m bench.server --profile             # py-spy on a wildboar worker under load
+    python -m bench.server --only discard --set WILDBOAR_SESSIONS_CONTENT_MEMORY=262144
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -366,13 +367,14 @@ def measure(target: Target, scenario: Scenario, options: Options) -> Result:
 # --- the matrix --------------------------------------------------------------------------
 
 
-def targets(keys: Sequence[str]) -> Iterator[Target]:
+def targets(keys: Sequence[str], settings: Mapping[str, str]) -> Iterator[Target]:
+    """The servers of ``keys``; ``settings``: ``WILDBOAR_*`` variables for wildboar's."""
     factories: dict[str, Callable[[], list[Target]]] = {
         "smtp-sink": lambda: [SmtpSink()],
         "aiosmtpd": lambda: [Aiosmtpd()],
         "floor": lambda: [Floor(1), Floor(2)],
-        "discard": lambda: [Wildboar("discard", 1), Wildboar("discard", 2)],
-        "spool": lambda: [Wildboar("spool", 1), Wildboar("spool", 2)],
+        "discard": lambda: [Wildboar("discard", n, settings) for n in (1, 2)],
+        "spool": lambda: [Wildboar("spool", n, settings) for n in (1, 2)],
     }
     for key in TARGET_KEYS:
         if key in keys:
@@ -703,6 +705,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=TARGET_KEYS, action="append", help="these targets")
     parser.add_argument("--sizes", type=int, choices=SIZES, action="append", help="octets")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
+    parser.add_argument(
+        "--set", action="append", metavar="WILDBOAR_NAME=VALUE", help="for wildboar's servers"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy a worker instead")
     parser.add_argument("--top", type=int, default=25, help="functions shown with --profile")
     args = parser.parse_args(argv)
@@ -713,18 +718,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.profile:
             return profile(10.0, args.out, args.top)
-        return run_all(args.only or TARGET_KEYS, scenarios, options, args.out)
+        settings = _settings(args.set or [])
+        return run_all(args.only or TARGET_KEYS, scenarios, options, args.out, settings)
     except (KeyboardInterrupt, Interrupted) as stop:  # every server is stopped by now
         print(f"interrupted ({str(stop) or 'SIGINT'}): no results written", file=sys.stderr)
         return 130
 
 
-def run_all(keys: Sequence[str], scenarios: Sequence[Scenario], options: Options, out: Path) -> int:
+def _settings(pairs: Sequence[str]) -> dict[str, str]:
+    settings = dict(pair.partition("=")[::2] for pair in pairs)
+    wrong = [name for name in settings if not name.startswith("WILDBOAR_")]
+    if wrong or any("=" not in pair for pair in pairs):
+        raise SystemExit(f"--set takes WILDBOAR_NAME=VALUE, not {pairs}")
+    return settings
+
+
+def run_all(
+    keys: Sequence[str],
+    scenarios: Sequence[Scenario],
+    options: Options,
+    out: Path,
+    settings: Mapping[str, str],
+) -> int:
     info: dict[str, object] = dict(environment())
+    if settings:
+        info["wildboar_settings"] = dict(settings)
     print(", ".join(f"{k}: {v}" for k, v in info.items()))
     started = time.monotonic()
     results: list[Result] = []
-    for target in targets(keys):
+    for target in targets(keys, settings):
         print(f"{target.label}:")
         with target:
             results += run_target(target, scenarios, options, started + options.budget)

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -277,11 +277,15 @@ class LogFile:
 class Wildboar(Target):
     """``wildboar serve --handoff HANDOFF --workers N`` with a fresh spool under /tmp."""
 
-    def __init__(self, handoff: str, workers: int) -> None:
+    def __init__(
+        self, handoff: str, workers: int, settings: Mapping[str, str] | None = None
+    ) -> None:
+        """``settings``: ``WILDBOAR_*`` variables for this server, over the benchmark's."""
         super().__init__()
         self.name = f"wildboar {handoff}"
         self.handoff = handoff
         self.workers = workers
+        self.settings = dict(settings or {})
         self.base: Path | None = None
         self.log: LogFile | None = None
 
@@ -329,6 +333,7 @@ class Wildboar(Target):
         if AS_ROOT:
             group = grp.getgrgid(pwd.getpwnam(USER).pw_gid).gr_name
             env.update(WILDBOAR_USER=USER, WILDBOAR_GROUP=group)
+        env.update(self.settings)
         return env
 
     def worker_pids(self) -> list[int]:
