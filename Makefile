@@ -61,13 +61,15 @@ bench-core: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.core
 
-# Whole servers over loopback under Postfix's smtp-source, then end to end into RabbitMQ;
-# see docs/performance.md.
+# Whole servers over loopback under Postfix's smtp-source, then end to end into RabbitMQ,
+# then into a private Dovecot's Maildir over LMTP (beside a private Postfix); see
+# docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	sh scripts/test-services
 	$(BIN)/python -m bench.server
 	$(BIN)/python -m bench.amqp
+	$(BIN)/python -m bench.lmtp
 
 # The Debian package, in dist/ (docs/packaging.md); as root it installs what it needs.
 deb:

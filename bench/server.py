@@ -28,6 +28,7 @@ matplotlib, the ``bench`` extra).
     python -m bench.server                       # the whole matrix, about 4 minutes
     python -m bench.server --only discard --only smtp-sink --sizes 1024
     python -m bench.server --profile             # py-spy on a wildboar worker under load
+    python -m bench.server --only discard --set WILDBOAR_SESSIONS_CONTENT_MEMORY=262144
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -186,13 +187,24 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def smtp_source(port: int, scenario: Scenario, messages: int, timeout: float) -> Run:
+def smtp_source(
+    port: int,
+    scenario: Scenario,
+    messages: int,
+    timeout: float,
+    *,
+    recipient: str = f"rcpt@{HOSTNAME}",
+    lmtp: bool = False,
+) -> Run:
+    """smtp-source (with ``lmtp``: speaking LMTP, ``-L``) sending ``messages`` to
+    ``recipient`` at 127.0.0.1:``port``, killed after ``timeout`` seconds."""
     argv = [
         SMTP_SOURCE,
+        *(["-L"] if lmtp else []),
         *(["-d"] if scenario.many else []),
         "-c",
         *("-s", str(scenario.sessions), "-m", str(messages), "-l", str(scenario.size)),
-        *("-M", "client.example", "-f", "sender@client.example", "-t", f"rcpt@{HOSTNAME}"),
+        *("-M", "client.example", "-f", "sender@client.example", "-t", recipient),
         f"127.0.0.1:{port}",
     ]
     cpu = _children_cpu()
@@ -276,6 +288,7 @@ class Ledger:
         # of every earlier run (the probes) are in, so none is counted for this one.
         self.accepted = self.boar.wait_accepted(target.delivered) if self.boar else 0
         self.files = self.boar.spooled() if self.boar else 0
+        self.dropped = self.boar.dropped_log_lines() if self.boar else 0
         self.cpu = cpu_seconds(target.pids())
 
     def cpu_used(self) -> tuple[float, str]:
@@ -294,7 +307,9 @@ class Ledger:
         problems = []
         accepted = self.boar.wait_accepted(self.accepted + sent) - self.accepted
         if accepted != sent:
-            problems.append(f"its log says {accepted:,} accepted")
+            dropped = self.boar.dropped_log_lines() - self.dropped
+            why = f" (and that it dropped {dropped:,} log lines)" if dropped else ""
+            problems.append(f"its log says {accepted:,} accepted{why}")
         if self.boar.handoff == "spool":
             files = self.boar.spooled() - self.files
             self.boar.empty_spool()
@@ -352,13 +367,14 @@ def measure(target: Target, scenario: Scenario, options: Options) -> Result:
 # --- the matrix --------------------------------------------------------------------------
 
 
-def targets(keys: Sequence[str]) -> Iterator[Target]:
+def targets(keys: Sequence[str], settings: Mapping[str, str]) -> Iterator[Target]:
+    """The servers of ``keys``; ``settings``: ``WILDBOAR_*`` variables for wildboar's."""
     factories: dict[str, Callable[[], list[Target]]] = {
         "smtp-sink": lambda: [SmtpSink()],
         "aiosmtpd": lambda: [Aiosmtpd()],
         "floor": lambda: [Floor(1), Floor(2)],
-        "discard": lambda: [Wildboar("discard", 1), Wildboar("discard", 2)],
-        "spool": lambda: [Wildboar("spool", 1), Wildboar("spool", 2)],
+        "discard": lambda: [Wildboar("discard", n, settings) for n in (1, 2)],
+        "spool": lambda: [Wildboar("spool", n, settings) for n in (1, 2)],
     }
     for key in TARGET_KEYS:
         if key in keys:
@@ -689,6 +705,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=TARGET_KEYS, action="append", help="these targets")
     parser.add_argument("--sizes", type=int, choices=SIZES, action="append", help="octets")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
+    parser.add_argument(
+        "--set", action="append", metavar="WILDBOAR_NAME=VALUE", help="for wildboar's servers"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy a worker instead")
     parser.add_argument("--top", type=int, default=25, help="functions shown with --profile")
     args = parser.parse_args(argv)
@@ -699,18 +718,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.profile:
             return profile(10.0, args.out, args.top)
-        return run_all(args.only or TARGET_KEYS, scenarios, options, args.out)
+        settings = _settings(args.set or [])
+        return run_all(args.only or TARGET_KEYS, scenarios, options, args.out, settings)
     except (KeyboardInterrupt, Interrupted) as stop:  # every server is stopped by now
         print(f"interrupted ({str(stop) or 'SIGINT'}): no results written", file=sys.stderr)
         return 130
 
 
-def run_all(keys: Sequence[str], scenarios: Sequence[Scenario], options: Options, out: Path) -> int:
+def _settings(pairs: Sequence[str]) -> dict[str, str]:
+    settings = dict(pair.partition("=")[::2] for pair in pairs)
+    wrong = [name for name in settings if not name.startswith("WILDBOAR_")]
+    if wrong or any("=" not in pair for pair in pairs):
+        raise SystemExit(f"--set takes WILDBOAR_NAME=VALUE, not {pairs}")
+    return settings
+
+
+def run_all(
+    keys: Sequence[str],
+    scenarios: Sequence[Scenario],
+    options: Options,
+    out: Path,
+    settings: Mapping[str, str],
+) -> int:
     info: dict[str, object] = dict(environment())
+    if settings:
+        info["wildboar_settings"] = dict(settings)
     print(", ".join(f"{k}: {v}" for k, v in info.items()))
     started = time.monotonic()
     results: list[Result] = []
-    for target in targets(keys):
+    for target in targets(keys, settings):
         print(f"{target.label}:")
         with target:
             results += run_target(target, scenarios, options, started + options.budget)

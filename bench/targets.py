@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -81,6 +81,27 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
             continue
         times[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
     return times
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU time so far of process ``pid`` and every descendant, the exited
+    ones included: a child's time is added to its parent's (``cutime``, ``cstime``) when
+    the parent reaps it, as the masters of Postfix and Dovecot and wildboar's supervisor do.
+    The difference of two readings is what the tree used in between, however many of its
+    processes came and went (an orphan reaped by init is lost)."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue  # gone: its time is in its parent's by now, or soon
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                stack += [int(p) for p in (task / "children").read_text().split()]
+    return total / _CLOCK_TICKS
 
 
 def children(pid: int) -> list[int]:
@@ -256,11 +277,15 @@ class LogFile:
 class Wildboar(Target):
     """``wildboar serve --handoff HANDOFF --workers N`` with a fresh spool under /tmp."""
 
-    def __init__(self, handoff: str, workers: int) -> None:
+    def __init__(
+        self, handoff: str, workers: int, settings: Mapping[str, str] | None = None
+    ) -> None:
+        """``settings``: ``WILDBOAR_*`` variables for this server, over the benchmark's."""
         super().__init__()
         self.name = f"wildboar {handoff}"
         self.handoff = handoff
         self.workers = workers
+        self.settings = dict(settings or {})
         self.base: Path | None = None
         self.log: LogFile | None = None
 
@@ -296,8 +321,11 @@ class Wildboar(Target):
             *command,
             "serve",
             *("--workers", str(self.workers), "--listen", "127.0.0.1:0"),
-            *("--hostname", HOSTNAME, "--handoff", self.handoff, "--spool", str(self.spool)),
+            *("--hostname", HOSTNAME, *self._handoff_args(), "--spool", str(self.spool)),
         ]
+
+    def _handoff_args(self) -> list[str]:
+        return ["--handoff", self.handoff]
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WILDBOAR_")}
@@ -305,6 +333,7 @@ class Wildboar(Target):
         if AS_ROOT:
             group = grp.getgrgid(pwd.getpwnam(USER).pw_gid).gr_name
             env.update(WILDBOAR_USER=USER, WILDBOAR_GROUP=group)
+        env.update(self.settings)
         return env
 
     def worker_pids(self) -> list[int]:
@@ -319,6 +348,15 @@ class Wildboar(Target):
 
     def wait_accepted(self, count: int, timeout: float = 5.0) -> int:
         return 0 if self.log is None else self.log.wait_count("message_accepted", count, timeout)
+
+    def dropped_log_lines(self) -> int:
+        """Log lines the workers dropped so far (``log_lines_dropped``): a worker never
+        waits for its log, and drops lines when the supervisor falls behind."""
+        if self.log is None:
+            return 0
+        self.log.poll()
+        found = (r for r in self.log.records if r.get("event") == "log_lines_dropped")
+        return sum(int(r.get("lines", 0)) for r in found)
 
     def spooled(self) -> int:
         """Files in the spool's ``msg/`` directory (durable messages)."""

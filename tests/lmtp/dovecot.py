@@ -226,8 +226,10 @@ class Dovecot:
         quotas: Mapping[str, str] = QUOTAS,
         domain: str = DOMAIN,
         extra: str = "",
+        parent: Path = Path("/tmp"),
     ) -> None:
-        """``extra``: lines appended to dovecot.conf (``quota_full_tempfail = yes``, ...)."""
+        """``extra``: lines appended to dovecot.conf (``quota_full_tempfail = yes``, ...);
+        ``parent``: where its directory is made (the benchmark measures another filesystem)."""
         self.extra = extra
         self.users = tuple(users)
         self.quotas = dict(quotas)
@@ -252,7 +254,7 @@ class Dovecot:
             self.internal_group = grp.getgrgid(mail.pw_gid).gr_name
         self.mail_user, self.mail_uid, self.mail_gid = mail.pw_name, mail.pw_uid, mail.pw_gid
         self.mail_group = grp.getgrgid(mail.pw_gid).gr_name
-        self.dir = Path(tempfile.mkdtemp(prefix=f"wildboar-dovecot-{self.token}-", dir="/tmp"))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"wildboar-dovecot-{self.token}-", dir=parent))
         try:
             self.dir.chmod(0o755)
             self._write_files()
