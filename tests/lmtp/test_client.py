@@ -544,6 +544,25 @@ def test_dot_stuffing(content: bytes, wire: bytes) -> None:
     assert dot_stuff(content) == wire
 
 
+def _stuffed_line_by_line(data: bytes) -> bytes:
+    """The rule, spelled out: a "." that begins the content or follows a CR or an LF is
+    doubled; then a line end if missing, then the end of data."""
+    out = bytearray()
+    for index, byte in enumerate(data):
+        if byte == ord(".") and (index == 0 or data[index - 1] in b"\r\n"):
+            out += b"."
+        out.append(byte)
+    if out and not out.endswith(b"\r\n"):
+        out += b"\r\n"
+    return bytes(out) + b".\r\n"
+
+
+@given(st.lists(st.sampled_from([b".", b"\r", b"\n", b"\r\n", b"a", b".."]), max_size=40))
+def test_dot_stuffing_follows_the_rule_for_any_content(pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    assert dot_stuff(data) == _stuffed_line_by_line(data)
+
+
 def test_content_is_dot_stuffed_on_the_wire() -> None:
     conn = connect()
     envelope(conn, ("alice@example.org",))
