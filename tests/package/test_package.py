@@ -204,8 +204,10 @@ def test_without_domains_the_service_does_not_serve_and_says_why(machine: Contai
     machine.run("systemctl", "start", "wildboar.service", check=False)
     wait_for(
         "the failed start in the journal",
-        lambda: "recipients.domains: not set"
-        in machine.sh("journalctl -u wildboar.service --no-pager", check=False),
+        lambda: (
+            "recipients.domains: not set"
+            in machine.sh("journalctl -u wildboar.service --no-pager", check=False)
+        ),
     )
     machine.run("systemctl", "reset-failed", "wildboar.service", check=False)
     machine.run("systemctl", "stop", "wildboar.service", check=False)
@@ -368,8 +370,10 @@ def test_stop_lets_a_transaction_in_progress_finish(machine: Container) -> None:
     machine.run("systemctl", "stop", "--no-block", "wildboar.service")
     wait_for(
         "the stop to begin",
-        lambda: machine.sh("systemctl is-active wildboar.service", check=False).strip()
-        == "deactivating",
+        lambda: (
+            machine.sh("systemctl is-active wildboar.service", check=False).strip()
+            == "deactivating"
+        ),
     )
     proc.stdin.write("go\n")
     proc.stdin.flush()
@@ -378,8 +382,9 @@ def test_stop_lets_a_transaction_in_progress_finish(machine: Container) -> None:
     proc.wait(30)
     wait_for(
         "the service to stop",
-        lambda: machine.sh("systemctl is-active wildboar.service", check=False).strip()
-        == "inactive",
+        lambda: (
+            machine.sh("systemctl is-active wildboar.service", check=False).strip() == "inactive"
+        ),
     )
     assert spooled(machine) == before + 1
 
