@@ -58,12 +58,27 @@ NO_BINARYMIME = smtp.Reply(554, "5.6.0", "Error: the mail store does not take bi
 UNDELIVERABLE_ADDRESS = smtp.Reply(550, "5.1.3", "Error: the mail store cannot take this address")
 
 
+#: What the MDA's own "closing the channel" replies become: passed on, a 421 would tell
+#: the SMTP client that wildboar is closing its connection (RFC 5321 §3.8).
+MDA_CLOSING = {421: MDA_UNAVAILABLE}
+
+
 class MdaUnavailable(Exception):
     """No usable connection to the MDA; ``reply`` is what the client gets."""
 
     def __init__(self, reply: smtp.Reply, why: str) -> None:
         super().__init__(why)
         self.reply = reply
+
+
+class StaleLink(MdaUnavailable):
+    """The MDA had closed the connection before a command was written: nothing of this
+    transaction reached it, so it may be tried again on a new connection."""
+
+
+def _ours(reply: smtp.Reply) -> smtp.Reply:
+    """The MDA's reply as the SMTP client may get it."""
+    return MDA_CLOSING.get(reply.code, reply)
 
 
 class _Link(asyncio.Protocol):
@@ -94,6 +109,9 @@ class _Link(asyncio.Protocol):
         self._changed.set()
 
     def send(self, *commands: lmtp.Command) -> None:
+        if self.client.closed:  # e.g. a pooled connection the MDA closed meanwhile
+            self.abort()
+            raise StaleLink(MDA_UNAVAILABLE, "the MDA had closed the connection")
         data = b"".join(self.client.send(command) for command in commands)
         if self.transport is None or self.lost:
             self.client.receive_data(b"")  # the owed replies become temporary failures
@@ -189,14 +207,12 @@ class LmtpHandoff(Handoff):
     async def deliver(self, message: Message) -> Delivery:
         email = message.email
         try:
-            async with self._link() as link:
-                refusal = self._unfit(email.body, email.smtputf8, link.extensions)
-                if refusal is not None:
-                    return failed(refusal)
-                replies = await self._transaction(link, message)
+            replies = await self._attempt(message)
         except MdaUnavailable as error:
             report(logging.WARNING, "lmtp_not_delivered", message=email.id, why=str(error))
             return failed(error.reply)
+        if isinstance(replies, smtp.Reply):
+            return failed(replies)
         outcome = self._outcome(message, replies)
         if outcome.reply is PARTIAL and self.queue is not None:
             return await self.queue.keep(message, replies)
@@ -207,25 +223,44 @@ class LmtpHandoff(Handoff):
         failure when it cannot be reached."""
         email = message.email
         try:
-            async with self._link() as link:
-                refusal = self._unfit(email.body, email.smtputf8, link.extensions)
-                if refusal is not None:
-                    return [refusal] * len(email.to)
-                return await self._transaction(link, message)
+            replies = await self._attempt(message)
         except MdaUnavailable as error:
             return [error.reply] * len(email.to)
+        return [replies] * len(email.to) if isinstance(replies, smtp.Reply) else replies
+
+    async def _attempt(self, message: Message) -> list[smtp.Reply] | smtp.Reply:
+        """One transaction for ``message``: a reply per recipient, or the one refusal of a
+        message the MDA cannot take as it is. A pooled connection the MDA had closed is
+        replaced by a new one once (nothing was written to it)."""
+        email = message.email
+        for fresh in (False, True):
+            try:
+                async with self._link(fresh) as link:
+                    refusal = self._unfit(email.body, email.smtputf8, link.extensions)
+                    if refusal is not None:
+                        return refusal
+                    return await self._transaction(link, message)
+            except StaleLink:
+                if fresh:
+                    raise
+        raise AssertionError("unreachable")
 
     # --- recipient checks ----------------------------------------------------------------
 
     async def check(self, sender: str, recipient: str, smtputf8: bool = False) -> smtp.Reply:
         """The MDA's answer to RCPT ``recipient`` (from ``sender``), in a transaction of its
         own that is then reset; 451 when the MDA cannot be asked."""
-        try:
-            async with self._link() as link:
-                return await self._ask(link, sender, recipient, smtputf8)
-        except MdaUnavailable as error:
-            report(logging.WARNING, "lmtp_check_failed", recipient=recipient, why=str(error))
-            return error.reply
+        for fresh in (False, True):
+            try:
+                async with self._link(fresh) as link:
+                    return await self._ask(link, sender, recipient, smtputf8)
+            except StaleLink:
+                continue  # once more, on a new connection
+            except MdaUnavailable as error:
+                report(logging.WARNING, "lmtp_check_failed", recipient=recipient, why=str(error))
+                return error.reply
+        report(logging.WARNING, "lmtp_check_failed", recipient=recipient, why="closed at once")
+        return MDA_UNAVAILABLE
 
     async def _ask(self, link: _Link, sender: str, recipient: str, smtputf8: bool) -> smtp.Reply:
         offered = link.extensions
@@ -238,8 +273,8 @@ class LmtpHandoff(Handoff):
             link.abort()
             return NO_SMTPUTF8 if smtputf8 else UNDELIVERABLE_ADDRESS
         if isinstance(mail, lmtp.MailReply) and mail.reply.code // 100 != 2:
-            return mail.reply
-        return rcpt.reply if isinstance(rcpt, lmtp.RcptReply) else MDA_UNAVAILABLE
+            return _ours(mail.reply)
+        return _ours(rcpt.reply) if isinstance(rcpt, lmtp.RcptReply) else MDA_UNAVAILABLE
 
     async def _exchange(
         self, link: _Link, commands: Sequence[lmtp.Command], timeout: float | None = None
@@ -306,17 +341,20 @@ class LmtpHandoff(Handoff):
         mail = answers[0]
         if not isinstance(mail, lmtp.MailReply):
             return [MDA_UNAVAILABLE] * count
-        refusal = mail.reply if mail.reply.code >= 400 else None
+        refusal = _ours(mail.reply) if mail.reply.code >= 400 else None
         replies: list[smtp.Reply | None] = []
         for answer in answers[1 : count + 1]:
             if isinstance(answer, lmtp.RcptReply):
-                replies.append(refusal or (answer.reply if answer.reply.code >= 400 else None))
+                refused = _ours(answer.reply) if answer.reply.code >= 400 else None
+                replies.append(refusal or refused)
             else:
                 replies.append(MDA_UNAVAILABLE)
         if not binary:
             ready = answers[count + 1]
             if not (isinstance(ready, lmtp.DataReady) and ready.reply.code == 354):
-                data_refusal = ready.reply if isinstance(ready, lmtp.DataReady) else MDA_UNAVAILABLE
+                data_refusal = (
+                    _ours(ready.reply) if isinstance(ready, lmtp.DataReady) else MDA_UNAVAILABLE
+                )
                 replies = [r or data_refusal for r in replies]
         return replies
 
@@ -324,7 +362,7 @@ class LmtpHandoff(Handoff):
         for _ in range(count):
             event = await link.event(self.config.data_timeout)
             if isinstance(event, lmtp.RecipientResult):
-                replies[event.index] = event.reply
+                replies[event.index] = _ours(event.reply)
             elif isinstance(event, lmtp.Closed):
                 break
 
@@ -351,11 +389,13 @@ class LmtpHandoff(Handoff):
     # --- the pool ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _link(self) -> AsyncIterator[_Link]:
-        """A link for one transaction: an idle one, else a new one (at most
-        ``connections`` at once); put back after if it can be used again."""
+    async def _link(self, fresh: bool = False) -> AsyncIterator[_Link]:
+        """A link for one transaction: an idle one (unless ``fresh``), else a new one (at
+        most ``connections`` at once); put back after if it can be used again."""
         async with self._slots:
-            link = self._idle_link() or await self._open()
+            if self._idle and not fresh:
+                await asyncio.sleep(0)  # what the MDA sent an idle link meanwhile is read
+            link = (None if fresh else self._idle_link()) or await self._open()
             try:
                 yield link
             except BaseException:

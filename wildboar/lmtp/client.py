@@ -450,6 +450,12 @@ class ClientConnection:
         return self._state
 
     @property
+    def closed(self) -> bool:
+        """Whether the connection is over (closed, or its end of input received): ``send``
+        would raise ``LocalProtocolError``."""
+        return self._state is State.CLOSED or self._eof
+
+    @property
     def owed(self) -> int:
         """Commands (the greeting included) whose replies have not all come yet: the I/O
         layer runs its reply timeout while this is not 0."""
