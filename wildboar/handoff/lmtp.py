@@ -54,6 +54,9 @@ PARTIAL = smtp.Reply(451, "4.3.0", "Error: not every recipient could be delivere
 NO_SMTPUTF8 = smtp.Reply(553, "5.6.7", "Error: the mail store does not take UTF-8 addresses")
 NO_8BITMIME = smtp.Reply(554, "5.6.0", "Error: the mail store does not take 8-bit content")
 NO_BINARYMIME = smtp.Reply(554, "5.6.0", "Error: the mail store does not take binary content")
+NO_UNTERMINATED = smtp.Reply(
+    554, "5.6.0", "Error: the mail store takes no message whose last line lacks CRLF"
+)
 #: RFC 3463 X.1.3 "Bad destination mailbox address syntax" (for the MDA's grammar).
 UNDELIVERABLE_ADDRESS = smtp.Reply(550, "5.1.3", "Error: the mail store cannot take this address")
 
@@ -236,7 +239,7 @@ class LmtpHandoff(Handoff):
         for fresh in (False, True):
             try:
                 async with self._link(fresh) as link:
-                    refusal = self._unfit(email.body, email.smtputf8, link.extensions)
+                    refusal = self._unfit(email.body, email.smtputf8, link.extensions, email.data)
                     if refusal is not None:
                         return refusal
                     return await self._transaction(link, message)
@@ -302,10 +305,12 @@ class LmtpHandoff(Handoff):
 
     @staticmethod
     def _unfit(
-        body: str | None, utf8: bool, offered: lmtp.ServerExtensions | None
+        body: str | None, utf8: bool, offered: lmtp.ServerExtensions | None, data: bytes = b""
     ) -> smtp.Reply | None:
         if offered is None:
             return None
+        if data and not data.endswith(b"\r\n") and not offered.chunking:
+            return NO_UNTERMINATED
         if utf8 and not offered.smtputf8:
             return NO_SMTPUTF8
         if body == "8BITMIME" and not offered.eightbitmime:
@@ -321,15 +326,17 @@ class LmtpHandoff(Handoff):
         params = tuple(
             [f"BODY={body}"] * (body in ("8BITMIME", "BINARYMIME")) + ["SMTPUTF8"] * utf8
         )
-        binary = body == "BINARYMIME"
+        # BDAT for binary content, and for content whose last line has no CRLF (which
+        # BDAT can take as it is, and DATA would have to change); DATA for the rest.
+        chunked = body == "BINARYMIME" or not data.endswith(b"\r\n")
         commands: list[lmtp.Command] = [lmtp.Mail(email.sender, params)]
         commands += [lmtp.Rcpt(address) for address in recipients]
-        commands += [] if binary else [lmtp.Data()]
+        commands += [] if chunked else [lmtp.Data()]
         answers = await self._exchange(link, commands)
-        replies = self._refusals(answers, len(recipients), binary)
+        replies = self._refusals(answers, len(recipients), chunked)
         accepted = sum(1 for reply in replies if reply is None)
         if accepted:
-            link.send(lmtp.Bdat(data, last=True) if binary else lmtp.Content(data))
+            link.send(lmtp.Bdat(data, last=True) if chunked else lmtp.Content(data))
             await self._results(link, replies, accepted)
         return [reply or MDA_UNAVAILABLE for reply in replies]
 
