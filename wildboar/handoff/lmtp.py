@@ -342,7 +342,7 @@ class LmtpHandoff(Handoff):
 
     @staticmethod
     def _refusals(
-        answers: list[lmtp.Event | None], count: int, binary: bool
+        answers: list[lmtp.Event | None], count: int, chunked: bool
     ) -> list[smtp.Reply | None]:
         """Per recipient, the refusal of MAIL, of its RCPT or of DATA; None: accepted."""
         mail = answers[0]
@@ -356,7 +356,7 @@ class LmtpHandoff(Handoff):
                 replies.append(refusal or refused)
             else:
                 replies.append(MDA_UNAVAILABLE)
-        if not binary:
+        if not chunked:
             ready = answers[count + 1]
             if not (isinstance(ready, lmtp.DataReady) and ready.reply.code == 354):
                 data_refusal = (
