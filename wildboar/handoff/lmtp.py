@@ -130,7 +130,10 @@ class _Link(asyncio.Protocol):
                 return event
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                # Not wait_for: on Python 3.11 it loses a cancellation that comes as the
+                # event is set (CPython gh-86296), and a cancelled task would go on.
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
             except TimeoutError:
                 self.abort()
 
@@ -430,7 +433,8 @@ class LmtpHandoff(Handoff):
                 connect = loop.create_unix_connection(lambda: link, self.target)
             else:
                 connect = loop.create_connection(lambda: link, *self.target)
-            await asyncio.wait_for(connect, config.connect_timeout)
+            async with asyncio.timeout(config.connect_timeout):
+                await connect
         except (OSError, TimeoutError) as error:
             raise MdaUnavailable(
                 MDA_UNAVAILABLE, f"cannot connect to {config.url}: {error}"

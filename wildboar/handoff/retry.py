@@ -110,6 +110,7 @@ class RetryQueue:
         self._retry_spool: Spool | None = None
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self, deliver: Deliver) -> None:
         await self.retries.start()
@@ -118,10 +119,14 @@ class RetryQueue:
         self._runner = asyncio.create_task(self._run(deliver), name="lmtp retries")
 
     async def close(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        runner = self._runner
+        if runner is not None:
+            # One cancel may not stop it: on Python 3.11 asyncio.wait_for loses a
+            # cancellation that comes as what it waits for completes (CPython gh-86296).
+            self._stopping = True
+            while not runner.done():
+                runner.cancel()
+                await asyncio.wait({runner}, timeout=1.0)
         await self.retries.close()
         await self.bounces.close()
         if self._retry_spool is not None:
@@ -231,9 +236,10 @@ class RetryQueue:
 
     async def _run(self, deliver: Deliver) -> None:
         interval = min(SCAN_INTERVAL, self.config.retry_min)
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
             self._wake.clear()
             await self._guarded(self._retry_due(deliver), "lmtp_retry_failed")
             if self.forward is not None:

@@ -274,7 +274,11 @@ class Session(asyncio.Protocol):
 
     async def _verify(self, verifier: RecipientVerifier, address: str) -> None:
         sender, utf8 = self.sender
-        reply = await verifier.check(sender, address, utf8)
+        try:
+            reply = await verifier.check(sender, address, utf8)
+        except Exception as bug:  # a verifier's bug must not leave the RCPT unanswered
+            log("recipient_check_error", level=40, recipient=address, error=repr(bug))
+            reply = LOCAL_ERROR
         self.checking = None
         if self.closed or self.conn.state is smtp.State.CLOSED:
             return
