@@ -196,3 +196,44 @@ def test_an_mda_gone_while_the_worker_is_busy_is_still_a_4xx_at_rcpt(
                 replies.append(client.getreply())
     wrong = [r for r in replies if not (r[0] in (450, 451) and r[1][:2] == b"4.")]
     assert wrong == [], f"{len(wrong)} of {len(replies)} wrong: {sorted(set(wrong))}"
+
+
+@pytest.mark.parametrize("how", ["stopped", "kill -9"])
+def test_an_mda_gone_while_the_worker_is_busy_is_still_a_4xx_after_the_content(
+    dovecot: Dovecot, spool_dir: Path, how: str
+) -> None:
+    """As above, at the end of data: the pooled connection the RCPTs were checked on has
+    Dovecot's parting words in it when the worker, busy, reads the content and them in one
+    go. The reply after the content must be a 4xx of wildboar's own (not Dovecot's 421:
+    the client would take it that wildboar is closing), nothing may be delivered, and no
+    handoff may fail with an error of its own (``handoff_error`` in the log)."""
+    replies = []
+    with serving(spool_dir, "--lmtp", target(dovecot, "tcp"), workers=1, env=ENV) as up:
+        [worker] = up.worker_pids()
+        for attempt in range(8):
+            if not dovecot.running:
+                dovecot.start()
+            with smtplib.SMTP("127.0.0.1", up.port, timeout=30) as client:
+                client.ehlo("client.example")
+                assert client.mail("a@example.net")[0] == 250
+                assert client.rcpt(f"bob@{DOMAIN}")[0] == 250  # a link in the pool now
+                client.putcmd("DATA")
+                assert client.getreply()[0] == 354
+                os.kill(worker, signal.SIGSTOP)
+                try:
+                    client.send(message(f"busy-{attempt}") + b".\r\n")
+                    time.sleep(0.02)
+                    if how == "kill -9":
+                        dovecot.kill9()
+                    else:
+                        dovecot.stop(graceful=False)
+                    time.sleep(0.02)
+                finally:
+                    os.kill(worker, signal.SIGCONT)
+                replies.append(client.getreply())
+        errors = up.events("handoff_error")
+    wrong = [r for r in replies if not (r[0] in (450, 451) and r[1][:2] == b"4.")]
+    assert wrong == [], f"{len(wrong)} of {len(replies)} wrong: {sorted(set(wrong))}"
+    assert errors == [], f"{len(errors)} of {len(replies)}: {sorted({e['error'] for e in errors})}"
+    dovecot.start()
+    assert all(copies(dovecot, f"busy-{attempt}") == {} for attempt in range(8))
