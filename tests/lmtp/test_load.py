@@ -10,8 +10,10 @@ most once. Those exceptions are counted and named in the assertion messages.
 
 Why a Python client and not Postfix's ``smtp-source`` (which ``test_serve_lmtp.py`` uses
 for load without faults): this test must know, for every message, what its sender was
-told. ``smtp-source`` sends the same body every time, reports no result per message, and
-exits at the first connection it loses (``fatal: lost connection while sending
+told. ``smtp-source`` varies nothing but a ``Message-Id`` of its own making (pid,
+descriptor, countdown), reports no result per message (``-v`` prints every reply, from
+all sessions interleaved, and only wildboar's ``250`` names its message), and exits at
+the first connection it loses (``fatal: lost connection while sending
 message``), which is what a worker's ``kill -9`` does to every session on it; its
 ``-r N`` recipients are N numbered variants of one address. Counting accepted ids in
 wildboar's own log instead would check the server against itself: a 250 it gives but does
@@ -36,8 +38,8 @@ the next Dovecot honours for two minutes, holding every delivery to that mailbox
 wildboar's sessions, which wait for its reply as long as ``[lmtp] data_timeout``): the
 test removes such locks before it starts Dovecot again, and names them in its summary.
 Senders that are refused wait ``BACKOFF`` and reconnect, as an MTA would, so that the
-half second without Dovecot does not turn hundreds of messages into refusals. Runs in
-some 10 to 15 s.
+half second without Dovecot does not turn hundreds of messages into refusals. Last, the
+server must stop within ``STOP_TIMEOUT`` of SIGTERM. Runs in some 10 to 20 s.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import os
 import re
 import signal
 import smtplib
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -66,6 +69,7 @@ KILL_DOVECOT_AT, KILL_WORKER_AT = 250, 600
 DOVECOT_DOWN = 0.5  # seconds
 LOAD_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
 BACKOFF = 0.05  # seconds a sender waits after a message that did not get 250
 USERS = ("alice", "bob", "carol")
 TAG = re.compile(rb"\r\nMessage-ID: <(load-[0-9]+)@test>\r\n")
@@ -242,6 +246,7 @@ def test_1000_messages_through_kill_9_of_dovecot_and_of_a_worker(spool_dir: Path
                 r["message"].removeprefix("urn:uuid:"): r["reply"]
                 for r in server.events("message_deferred")
             }
+            stopped = stop_within(server, STOP_TIMEOUT)
         found = mailboxes(dovecot)
     took = time.monotonic() - started
     outcomes = load.outcomes
@@ -268,6 +273,18 @@ def test_1000_messages_through_kill_9_of_dovecot_and_of_a_worker(spool_dir: Path
     assert counts["refused"] >= 1 and counts["250"] >= MESSAGES // 2, summary
     assert any(o.lost for o in outcomes.values()), f"the worker's kill cut nothing: {summary}"
     assert queued >= 1 and retried >= 1, summary
+    # With nothing left to do, the server stops at once (its retry runner included).
+    assert stopped == 0, f"not stopped {STOP_TIMEOUT} s after SIGTERM (status {stopped})"
+
+
+def stop_within(server: Server, timeout: float) -> int | None:
+    """SIGTERM, then the exit status, or None if it did not exit within ``timeout``
+    (``serving`` then kills it, workers included)."""
+    server.signal(signal.SIGTERM)
+    try:
+        return server.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def checked(
