@@ -523,6 +523,20 @@ service lmtp {{
                     os.killpg(pgid, signal.SIGKILL)
             time.sleep(0.01)
 
+    def remove_stale_locks(self) -> list[Path]:
+        """Remove the lock files a killed Dovecot left in the Maildirs (the ones it names
+        ``*.lock``: ``dovecot-uidlist.lock`` above all); the paths removed. Only while it
+        is not running. Dovecot itself takes such a lock for stale only after
+        ``MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT`` (2 minutes, maildir-uidlist.h), and until
+        then every delivery to that mailbox waits; a test that kills Dovecot with ``kill
+        -9`` at the wrong moment would wait with it."""
+        if self.running:
+            raise DovecotError(f"{self!r} is running: its locks are not stale")
+        locks = sorted(self.mail_dir.glob("*/*/Maildir/**/*.lock"))
+        for lock in locks:
+            lock.unlink(missing_ok=True)
+        return locks
+
     def close(self) -> None:
         """Stop (quickly: see ``stop``) and remove the directory."""
         try:

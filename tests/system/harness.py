@@ -157,6 +157,13 @@ class Server:
             raise
 
     def kill(self) -> None:
+        """SIGKILL the workers, then the supervisor's process group. The workers first:
+        each runs in a session of its own, out of reach of the group's signal, and one
+        that outlived its supervisor would serve on (or hang) long after the test."""
+        with contextlib.suppress(OSError):
+            for pid in self.worker_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
