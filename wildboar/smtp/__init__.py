@@ -26,6 +26,7 @@ from .events import (
     RcptParams,
     RcptTo,
     Recipient,
+    StartTls,
     TransactionAborted,
     Wait,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "Recipient",
     "Reply",
     "ServerConnection",
+    "StartTls",
     "State",
     "TransactionAborted",
     "Wait",

@@ -35,9 +35,7 @@ from .state import Verb
 VERBS = {verb.value: verb for verb in Verb}
 
 # Recognised but not implemented here: 502 (RFC 5321 §4.2.4). Never listed in EHLO.
-UNIMPLEMENTED = frozenset(
-    {"EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "STARTTLS", "AUTH", "BURL"}
-)
+UNIMPLEMENTED = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "AUTH", "BURL"})
 # A web or proxy client, or message content sent as commands: answer and close (as
 # Postfix's smtpd_forbidden_commands does).
 FORBIDDEN = frozenset({"CONNECT", "GET", "POST", "PUT", "HEAD", "OPTIONS", "DELETE"})

@@ -48,6 +48,7 @@ from .events import (
     Question,
     RcptTo,
     Recipient,
+    StartTls,
     TransactionAborted,
     Wait,
 )
@@ -112,6 +113,7 @@ class ServerConnection:
         extensions: Extensions | None = None,
         banner: str = "ESMTP",
         tls: bool = False,
+        starttls: bool = False,
     ) -> None:
         if C.parse_hello(hostname) is None or hostname.startswith("["):
             raise LocalProtocolError(f"server hostname {hostname!r} is not a domain name")
@@ -122,6 +124,11 @@ class ServerConnection:
         self.banner = banner
         #: Whether the session runs over TLS (RFC 3848 "ESMTPS"); set by the I/O layer.
         self.tls = tls
+        #: Whether STARTTLS is offered (RFC 3207): the I/O layer can run a handshake. Never
+        #: once the session runs over TLS.
+        self.starttls = starttls
+        #: Octets the client sent behind its STARTTLS, dropped unread (CVE-2011-0411).
+        self.dropped_after_starttls = 0
         self._machine = Machine()
         self._buf = ReceiveBuffer()
         self._out: list[bytes] = []
@@ -154,9 +161,13 @@ class ServerConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means the client closed its side."""
-        if self._machine.state is State.CLOSED:
+        state = self._machine.state
+        if state is State.CLOSED:
             return
         if data:
+            if state is State.TLS:  # plaintext after our 220: never a command
+                self.dropped_after_starttls += len(data)
+                return
             self._buf.append(data)
         else:
             self._eof = True
@@ -172,6 +183,11 @@ class ServerConnection:
                     self._asked = True
                 return event
             state = self._machine.state
+            if state is State.TLS:
+                if not self._eof:
+                    return PAUSED  # until tls_started
+                self._close("eof")  # the client went away during the handshake
+                continue
             if self._pending is not None or state is State.CLOSED:
                 return PAUSED
             if (
@@ -203,6 +219,19 @@ class ServerConnection:
         self._answer(question, answer)
         self._pending = None
         return self.data_to_send()
+
+    def tls_started(self) -> None:
+        """The TLS handshake after ``StartTls`` succeeded: the session starts again inside
+        TLS, knowing nothing of before (RFC 3207 §4.2): no HELO/EHLO, no transaction, no
+        input; the client must send EHLO again. STARTTLS is not offered any more."""
+        if self._machine.state is not State.TLS:
+            raise LocalProtocolError("tls_started without a STARTTLS accepted")
+        self.tls = True
+        self._helo = ""
+        self._extended = False
+        self._line_limit = self.limits.command_line
+        self._buf = ReceiveBuffer()
+        self._machine.fire(Trigger.TLS_STARTED)
 
     def data_to_send(self) -> bytes:
         """Reply bytes produced so far and not yet taken."""
@@ -257,6 +286,7 @@ class ServerConnection:
         offered = (
             (ext.pipelining, "PIPELINING"),
             (ext.size, f"SIZE {self.limits.message_size}"),
+            (self.starttls and not self.tls, "STARTTLS"),
             (ext.eightbitmime, "8BITMIME"),
             (ext.smtputf8, "SMTPUTF8"),
             (True, "ENHANCEDSTATUSCODES"),
@@ -350,6 +380,7 @@ class ServerConnection:
             and (verb in LAST_IN_GROUP or not self._pipelining())
             and verb is not Verb.QUIT
             and verb is not Verb.BDAT
+            and verb is not Verb.STARTTLS
         ):
             self._desync()
             return
@@ -466,6 +497,20 @@ class ServerConnection:
 
     def _help(self, args: str) -> None:
         self._reply(R.HELP)
+
+    def _starttls(self, args: str) -> None:
+        if self.tls or not self.starttls:
+            self._error(R.TLS_ACTIVE if self.tls else R.NOT_IMPLEMENTED)
+        elif args.strip(" \t"):
+            self._error(R.SYNTAX_NO_ARGS)  # RFC 3207 §4: "STARTTLS" with no parameters
+        else:
+            # Whatever the client pipelined behind STARTTLS was sent in plaintext: dropped
+            # unread, never answered inside TLS (CVE-2011-0411).
+            self.dropped_after_starttls += len(self._buf.data)
+            self._buf = ReceiveBuffer()
+            self._machine.fire(Trigger.STARTTLS)
+            self._reply(R.READY_FOR_TLS)
+            self._events.append(StartTls())
 
     # --- message content ---------------------------------------------------------
 
@@ -633,4 +678,5 @@ _HANDLERS = {
     Verb.QUIT: ServerConnection._quit,
     Verb.VRFY: ServerConnection._vrfy,
     Verb.HELP: ServerConnection._help,
+    Verb.STARTTLS: ServerConnection._starttls,
 }

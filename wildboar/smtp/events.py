@@ -135,6 +135,13 @@ class TransactionAborted(msgspec.Struct, frozen=True):
     envelope: Envelope | None = None
 
 
+class StartTls(msgspec.Struct, frozen=True):
+    """Information: ``220 Ready to start TLS`` is in ``data_to_send``; send it, then run the
+    TLS handshake as the server and call ``tls_started`` (or close the connection if the
+    handshake fails). What the client sent behind STARTTLS was dropped; the I/O layer
+    feeds nothing more until the handshake is done."""
+
+
 class ConnectionClosed(msgspec.Struct, frozen=True):
     """Information: the session is over; send what is pending, then close the socket."""
 
@@ -148,5 +155,5 @@ class Accept(msgspec.Struct, frozen=True):
 
 
 Question = ClientConnected | Hello | MailFrom | RcptTo | MessageComplete
-Event = Question | MessageData | TransactionAborted | ConnectionClosed
+Event = Question | MessageData | TransactionAborted | StartTls | ConnectionClosed
 Answer = Accept | Reply

@@ -110,6 +110,10 @@ HELP = Reply(
 NOT_RECOGNIZED = Reply(500, "5.5.2", "Error: command not recognized")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Error: command line too long")
 NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
+# RFC 3207 §4: STARTTLS.
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+TLS_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")
+TLS_IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
 NOT_ASCII = Reply(501, "5.5.2", "Error: non-ASCII characters in command")
 FORBIDDEN = Reply(221, "2.7.0", "Error: this is an SMTP server, not a web or proxy server")
 BARE_NEWLINE_COMMAND = Reply(

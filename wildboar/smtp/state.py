@@ -32,6 +32,7 @@ class State(enum.Enum):
     DATA = "data"  # reading DATA content up to CRLF.CRLF
     CHUNKING = "chunking"  # between BDAT chunks of one transaction
     BDAT = "bdat"  # reading a BDAT chunk that belongs to the message
+    TLS = "tls"  # 220 sent to STARTTLS: the I/O layer runs the handshake (RFC 3207 §4)
     CLOSED = "closed"
 
 
@@ -49,6 +50,7 @@ class Verb(enum.Enum):
     QUIT = "QUIT"
     VRFY = "VRFY"
     HELP = "HELP"
+    STARTTLS = "STARTTLS"
 
 
 class Trigger(enum.Enum):
@@ -66,6 +68,8 @@ class Trigger(enum.Enum):
     CHUNK_DROPPED = "chunk dropped"  # a refused chunk was read and dropped (RFC 3030 §2)
     LAST_DROPPED = "last dropped"  # a refused LAST chunk was read and dropped
     MESSAGE_DONE = "message done"  # content complete: answered, refused, or given up
+    STARTTLS = "starttls"  # 220 sent to STARTTLS
+    TLS_STARTED = "tls started"  # the handshake succeeded: a new session (RFC 3207 §4.2)
     CLOSE = "close"
 
 
@@ -91,6 +95,9 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (State.CHUNKING, Trigger.CHUNK_DROPPED): State.CHUNKING,
     (State.RCPT, Trigger.LAST_DROPPED): State.READY,
     (State.CHUNKING, Trigger.LAST_DROPPED): State.READY,
+    (State.CONNECTED, Trigger.STARTTLS): State.TLS,
+    (State.READY, Trigger.STARTTLS): State.TLS,
+    (State.TLS, Trigger.TLS_STARTED): State.CONNECTED,
     **{(s, Trigger.CLOSE): State.CLOSED for s in State},
 }
 
@@ -121,6 +128,7 @@ SEQUENCE: dict[tuple[State, Verb], Reply] = {
     (State.CHUNKING, Verb.MAIL): R.NESTED_MAIL,
     (State.CHUNKING, Verb.RCPT): R.RCPT_AFTER_BDAT,
     (State.CHUNKING, Verb.DATA): R.DATA_AFTER_BDAT,
+    **_table({Verb.STARTTLS: R.TLS_IN_TRANSACTION}, _TRANSACTION),
 }
 
 # BDAT outside a transaction with recipients: the chunk is dropped, then this reply, and
@@ -137,6 +145,9 @@ BDAT_SEQUENCE: dict[State, Reply] = {
 # (policy of Postfix 3.9, smtpd_forbid_unauth_pipelining). HELO starts a session like EHLO
 # and is treated alike, as Postfix does. QUIT is left out: the session ends either way.
 LAST_IN_GROUP = frozenset({Verb.EHLO, Verb.HELO, Verb.DATA, Verb.VRFY, Verb.NOOP})
+# STARTTLS must end a group too (RFC 3207 §4.2), but what a client pipelines behind it is
+# not an error to answer in plaintext: it is dropped unread, so that no plaintext command
+# can be answered inside TLS (CVE-2011-0411).
 
 # States in which the client is inside a mail transaction.
 IN_TRANSACTION = frozenset({*_TRANSACTION, State.DATA, State.BDAT})
