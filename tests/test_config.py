@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -316,3 +317,28 @@ def test_a_prefix_that_would_make_names_too_long_for_amqp_is_refused() -> None:
     with pytest.raises(C.ConfigError, match="prefix: at most 232 octets"):
         C.load(environ={"WILDBOAR_AMQP_PREFIX": "p" * 233})
     assert C.load(environ={"WILDBOAR_AMQP_PREFIX": "p" * 232}).amqp.prefix == "p" * 232
+
+
+def test_a_tls_listener_needs_its_certificate_and_key(tmp_path: Path) -> None:
+    base = '[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 25\n'
+    cases = {
+        'tls = "starttls"\n': "tls = 'starttls' needs a certificate",
+        'tls = "implicit"\ncertificate = ["/a.pem", "/b.pem"]\nkey = "/a.key"\n': (
+            "2 certificate(s) and 1 key(s)"
+        ),
+        'tls = "starttls"\ncertificate = "a.pem"\nkey = "a.key"\n': "is not an absolute path",
+        'tls = "sometimes"\n': "listen[0]",
+    }
+    for extra, message in cases.items():
+        path = tmp_path / "wildboar.toml"
+        path.write_text(base + extra)
+        with pytest.raises(C.ConfigError, match=re.escape(message)):
+            C.load(file=str(path), environ={})
+    path.write_text(base + 'tls = "implicit"\ncertificate = ["/r.pem", "/e.pem"]\n'
+                    'key = ["/r.key", "/e.key"]\n')  # fmt: skip
+    [listener] = C.load(file=str(path), environ={}).listen
+    assert (listener.tls, listener.certificates, listener.keys) == (
+        "implicit",
+        ["/r.pem", "/e.pem"],
+        ["/r.key", "/e.key"],
+    )

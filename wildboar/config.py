@@ -47,10 +47,31 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str
     #: The TCP port (0: any free one, for tests).
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
-    #: The listener's name in logs and records.
+    #: The listener's name in logs and records; under systemd, the FileDescriptorName=
+    #: of the socket these settings are for (smtp, submission, smtps).
     name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]*$")] = "smtp"
+    #: TLS on this listener: none, starttls (offered after EHLO, RFC 3207) or implicit (a
+    #: TLS handshake before the greeting, RFC 8314: submissions on 465).
+    tls: Literal["none", "starttls", "implicit"] = "none"
+    #: PEM certificate chains (one file each, or a list: an RSA and an ECDSA one, say) and
+    #: their private keys, in the same order; needed when tls is not none.
+    certificate: str | list[str] = ""
+    key: str | list[str] = ""  # the private keys of certificate, in its order
+    #: The oldest TLS version taken.
+    min_tls_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
 
     def __post_init__(self) -> None:
+        certificates, keys = self.certificates, self.keys
+        if self.tls != "none" and not certificates:
+            raise ValueError(f"listener {self.name}: tls = {self.tls!r} needs a certificate")
+        if len(certificates) != len(keys):
+            raise ValueError(
+                f"listener {self.name}: {len(certificates)} certificate(s) and {len(keys)}"
+                " key(s): give one key per certificate"
+            )
+        relative = [p for p in (*certificates, *keys) if not os.path.isabs(p)]
+        if relative:
+            raise ValueError(f"listener {self.name}: {relative[0]!r} is not an absolute path")
         # An IP literal: the supervisor binds as root and resolves no names while privileged.
         try:
             ipaddress.ip_address(self.host)
@@ -60,6 +81,18 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.name}={host}:{self.port}"
+
+    @property
+    def certificates(self) -> list[str]:
+        return _paths(self.certificate)
+
+    @property
+    def keys(self) -> list[str]:
+        return _paths(self.key)
+
+
+def _paths(value: str | list[str]) -> list[str]:
+    return [p for p in ([value] if isinstance(value, str) else value) if p]
 
 
 def default_hostname() -> str:

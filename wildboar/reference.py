@@ -183,7 +183,15 @@ def conffile() -> str:
     out = [CONFFILE_HEAD.rstrip("\n")]
     for name, (doc, keys) in sections().items():
         if name == "listen":
-            continue  # the top-level key says it all
+            out += ["", *_wrapped(f"[[listen]] tables: {doc} Their keys:")]
+            for key in keys:
+                shown = "... (required)" if key.default is msgspec.NODEFAULT else None
+                out += [
+                    "#",
+                    *_wrapped(key.doc),
+                    f"#   {key.name} = {shown or toml_value(key.default)}",
+                ]
+            continue
         if name:
             out += ["", *_wrapped(doc), f"[{name}]"]
         for key in keys:

@@ -43,6 +43,7 @@ from ..handoff.retry import RetryQueue
 from ..handoff.spool import SpoolHandoff
 from . import logs
 from .serve import Worker
+from .tls import TlsError
 
 WORKER_BOOT_ERROR = 3
 MAX_CONTROL_MESSAGE = 65536
@@ -108,7 +109,11 @@ async def run(
             await handoff.start()
         except HandoffStartError as error:
             raise BootError(f"handoff {handoff.name}: {error}") from None
-    await Worker(config, listeners, handoffs, control).run()
+    try:
+        worker = Worker(config, listeners, handoffs, control)
+    except TlsError as error:
+        raise BootError(str(error)) from None
+    await worker.run()
 
 
 def _say(text: str) -> None:

@@ -15,6 +15,7 @@ from reaching the rest of a worker (its control channel, its listeners).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Literal, Protocol, TypeVar
 
 from .. import message as M
@@ -80,6 +81,10 @@ class Host(Protocol[S_contra]):
         ...
 
     def clock(self) -> float: ...
+
+    def tls(self, listener: str) -> tuple[str, ssl.SSLContext] | None:
+        """The listener's TLS mode (``starttls``, ``implicit``) and context, or None."""
+        ...
 
     def refusal(self, stage: Literal["connect", "mail"]) -> smtp.Reply | None: ...
 

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 from collections import Counter
 from typing import Literal
 
@@ -28,6 +29,7 @@ from ..config import Config, serving_warnings
 from ..handoff.base import Delivery, Handoff, combine
 from ..handoff.lmtp import LmtpHandoff
 from ..policy import RecipientPolicy
+from . import tls
 from .content import Budget, content_directory
 from .logs import add_sink, flush, log
 from .session import SHUTDOWN, TIMEOUT, TOO_MANY_SESSIONS, Session
@@ -67,6 +69,8 @@ class Worker:
         # Content beyond sessions.content_memory waits on the disk that holds the mail.
         self.content_directory = content_directory(os.path.join(config.spool.path, "tmp"))
         self.budget = Budget(config.sessions.delivery_memory)
+        # TLS per listener name (docs/tls.md); made again by every worker a HUP starts.
+        self._tls = tls.contexts(config)
         self.policy = RecipientPolicy(config.recipients.domains)
         # What every handoff can take is what the sessions offer (asked after start()).
         self.extensions = config.extensions
@@ -84,6 +88,9 @@ class Worker:
 
     def clock(self) -> float:
         return self.loop.time()
+
+    def tls(self, listener: str) -> tuple[str, ssl.SSLContext] | None:
+        return self._tls.get(listener)
 
     # --- running -------------------------------------------------------------------
 
@@ -167,9 +174,26 @@ class Worker:
         self.loop.create_task(self._connect(session, conn))
 
     async def _connect(self, session: Session, conn: socket.socket) -> None:
+        setup = self._tls.get(session.listener)
+        implicit = setup[1] if setup is not None and setup[0] == "implicit" else None
         try:
-            await self.loop.connect_accepted_socket(lambda: session, conn)
-        except OSError:
+            # Implicit TLS (RFC 8314): the handshake before the session, then the greeting.
+            await self.loop.connect_accepted_socket(
+                lambda: session,
+                conn,
+                ssl=implicit,
+                ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT if implicit else None,
+            )
+        except OSError as error:  # ssl.SSLError and TimeoutError included
+            if implicit is not None:
+                log(
+                    "tls_handshake_failed",
+                    level=30,
+                    server=self.id,
+                    listener=session.listener,
+                    remote=session.client_ip,
+                    reason=str(error) or type(error).__name__,
+                )
             self.session_closed(session)
             conn.close()
 

@@ -27,6 +27,8 @@ import contextlib
 import socket
 from typing import Any, cast
 
+import msgspec
+
 from .. import message as M
 from .. import record as R
 from .. import smtp
@@ -34,6 +36,8 @@ from ..handoff.base import Delivery, local_failure
 from .content import Content
 from .host import Host, RecipientVerifier
 from .logs import log
+from .tls import HANDSHAKE_TIMEOUT as TLS_HANDSHAKE_TIMEOUT
+from .tls import describe as tls_describe
 
 # Read no more while the core holds this much unparsed input (pipelined commands).
 BACKLOG_HIGH_WATER = 256 * 1024
@@ -82,9 +86,17 @@ class Session(asyncio.Protocol):
         #: core sees it and answers 554 5.5.0 (synchronization), as docs/protocol.md says.
         self.spoke_first = spoke_first
         config = host.config
+        tls = host.tls(listener)
+        self.tls_mode = tls[0] if tls is not None else "none"
         self.conn = smtp.ServerConnection(
-            config.hostname, limits=config.limits, extensions=host.extensions
+            config.hostname,
+            limits=config.limits,
+            extensions=host.extensions,
+            tls=self.tls_mode == "implicit",
+            starttls=self.tls_mode == "starttls",
         )
+        #: The TLS session's protocol version and cipher, once there is one.
+        self.tls_info: tuple[str, str] | None = None
         self.id = M.new_urn()
         self.created = R.now()
         self.transport: asyncio.Transport | None = None
@@ -128,6 +140,8 @@ class Session(asyncio.Protocol):
             local = (local[0].removeprefix("::ffff:"), local[1])
         self.client_ip = peer[0]
         self.record = R.build_connection(family, peer, local, id=self.id, when=self.created)
+        if self.tls_mode == "implicit":
+            self._tls_established(transport)
         self._touch()
         log(
             "connection_open",
@@ -256,10 +270,53 @@ class Session(asyncio.Protocol):
             self._aborted(event)
         elif type(event) is smtp.ConnectionClosed:
             self._close()
+        elif type(event) is smtp.StartTls:
+            self.host.loop.create_task(self._start_tls())
         elif type(event) is smtp.ClientConnected:
             self._answer(self.refuse or self.host.refusal("connect") or ACCEPT)
         else:
             self._answer(ACCEPT)
+
+    async def _start_tls(self) -> None:
+        """The handshake after our 220 (the core's StartTls): the same protocol object on
+        a TLS transport, then the core starts the session again. A failed handshake drops
+        the client, with the reason in the log."""
+        transport, tls = self.transport, self.host.tls(self.listener)
+        if transport is None or tls is None or self.closed:
+            return
+        try:
+            secure = await self.host.loop.start_tls(
+                transport,
+                self,
+                tls[1],
+                server_side=True,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            )
+        except (OSError, EOFError) as error:  # ssl.SSLError and TimeoutError included
+            log(
+                "tls_handshake_failed",
+                level=30,
+                connection=self.id,
+                server=self.host.id,
+                remote=self.client_ip,
+                reason=str(error) or type(error).__name__,
+            )
+            transport.abort()
+            return
+        if secure is None:
+            return  # the connection was lost meanwhile
+        self.transport = secure
+        self._tls_established(secure)
+        self.conn.tls_started()
+        self._touch()
+        self._process()
+
+    def _tls_established(self, transport: asyncio.BaseTransport) -> None:
+        self.tls_info = tls_describe(transport.get_extra_info("ssl_object"))
+        if self.record is not None:
+            self.record = msgspec.structs.replace(self.record, tls=True)
+        version, cipher = self.tls_info
+        log("tls_started", connection=self.id, server=self.host.id, version=version, cipher=cipher)
 
     def _recipient(self, address: str) -> None:
         """Ours by the domain list, then, with an MDA to ask, deliverable by its word (the

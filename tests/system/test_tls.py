@@ -1,0 +1,179 @@
+"""TLS end to end: STARTTLS (RFC 3207) and implicit TLS (RFC 8314) with real clients
+(swaks, openssl s_client, Python's ssl), the plaintext injection of CVE-2011-0411, and
+handshakes that fail."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .. import unprivileged
+from .harness import Server, serving, spooled
+
+HOST = "mx.test.example"
+
+
+@pytest.fixture(scope="module")
+def certificate() -> Iterator[tuple[Path, Path]]:
+    """A self-signed certificate for mx.test.example and its key, readable by the workers'
+    user (the key would be 0640 root:wildboar in an installation)."""
+    with unprivileged.spool_directory() as directory:
+        cert, key = directory / "cert.pem", directory / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+             "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        if unprivileged.AS_ROOT:
+            entry = pwd.getpwnam(unprivileged.USER)
+            for path in (cert, key):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        yield cert, key
+
+
+@pytest.fixture
+def server(spool_dir: Path, certificate: tuple[Path, Path]) -> Iterator[Server]:
+    cert, key = certificate
+    config = spool_dir.parent / "wildboar.toml"
+    config.write_text(
+        '[recipients]\ndomains = ["example.org"]\n\n'
+        f'[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 0\ntls = "starttls"\n'
+        f'certificate = "{cert}"\nkey = "{key}"\n\n'
+        f'[[listen]]\nname = "smtps"\nhost = "127.0.0.1"\nport = 0\ntls = "implicit"\n'
+        f'certificate = "{cert}"\nkey = "{key}"\n'
+    )
+    with serving(spool_dir, "--config", str(config), listen=(), workers=1) as up:
+        yield up
+
+
+def port(server: Server, name: str) -> int:
+    found = [e for e in server.wait_for("listening", 2, component="supervisor")]
+    return int(next(e["port"] for e in found if e["name"] == name))
+
+
+def swaks(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["swaks", "--from", "a@example.net", "--to", "b@example.org", "--server", "127.0.0.1",
+         "--helo", "client.example", "--timeout", "20", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+
+
+def client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def read_reply(sock: socket.socket | ssl.SSLSocket) -> list[bytes]:
+    lines: list[bytes] = []
+    data = b""
+    while True:
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return [*lines, data] if data else lines
+            data += chunk
+        line, data = data.split(b"\r\n", 1)
+        lines.append(line)
+        if line[3:4] != b"-":
+            assert data == b"", f"more than one reply: {data!r}"
+            return lines
+
+
+def test_swaks_starttls_delivers_and_the_record_says_tls(server: Server) -> None:
+    result = swaks("--port", str(port(server, "smtp")), "--tls")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "STARTTLS" in result.stdout and "TLS started" in result.stdout
+    [record] = spooled(server.spool)
+    assert record.connection.tls is True
+    assert record.transaction.protocol == "ESMTPS"
+    assert "with ESMTPS" in record.email.received
+    [started] = server.wait_for("tls_started")
+    assert started["version"].startswith("TLSv1.") and started["cipher"]
+
+
+def test_swaks_implicit_tls_delivers(server: Server) -> None:
+    result = swaks("--port", str(port(server, "smtps")), "--tlsc")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [record] = spooled(server.spool)
+    assert record.connection.tls is True and "with ESMTPS" in record.email.received
+
+
+def test_openssl_s_client_starttls_then_no_starttls_offered(server: Server) -> None:
+    """One command at a time: EHLO must end a pipelined group (docs/protocol.md)."""
+    proc = subprocess.Popen(
+        ["openssl", "s_client", "-starttls", "smtp", "-connect",
+         f"127.0.0.1:{port(server, 'smtp')}", "-servername", HOST, "-quiet", "-no_ign_eof"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write("EHLO client.example\r\n")
+        proc.stdin.flush()
+        ehlo = [proc.stdout.readline()]
+        while ehlo[-1][3:4] == "-":
+            ehlo.append(proc.stdout.readline())
+        assert ehlo[0].startswith("250-" + HOST), ehlo
+        assert not any("STARTTLS" in line for line in ehlo)  # RFC 3207 §4.2: not again
+        proc.stdin.write("NOOP\r\n")  # (s_client itself acts on a line starting with Q)
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("250 2.0.0")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    [started] = server.wait_for("tls_started")
+    assert started["version"] in ("TLSv1.2", "TLSv1.3")
+
+
+def test_a_command_pipelined_behind_starttls_is_never_answered_inside_tls(
+    server: Server,
+) -> None:
+    """CVE-2011-0411: ``STARTTLS\\r\\nRSET\\r\\n`` in one segment. Had RSET been kept,
+    its 250 would come first inside TLS, before the reply to our EHLO."""
+    with socket.create_connection(("127.0.0.1", port(server, "smtp")), timeout=20) as raw:
+        assert read_reply(raw)[0].startswith(b"220 ")
+        raw.sendall(b"EHLO client.example\r\n")
+        assert b"250-STARTTLS" in read_reply(raw)
+        raw.sendall(b"STARTTLS\r\nRSET\r\n")
+        assert read_reply(raw) == [b"220 2.0.0 Ready to start TLS"]
+        with client_context().wrap_socket(raw, server_hostname=HOST) as secure:
+            secure.sendall(b"EHLO client.example\r\n")
+            ehlo = read_reply(secure)
+            assert ehlo[0] == b"250-" + HOST.encode(), ehlo
+            secure.sendall(b"QUIT\r\n")
+            assert read_reply(secure)[0].startswith(b"221 ")
+
+
+def test_a_failed_handshake_closes_the_connection_and_is_logged(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", port(server, "smtp")), timeout=20) as raw:
+        read_reply(raw)
+        raw.sendall(b"EHLO client.example\r\n")
+        read_reply(raw)
+        raw.sendall(b"STARTTLS\r\n")
+        read_reply(raw)
+        raw.sendall(b"this is not a TLS ClientHello\r\n")
+        assert raw.recv(4096) == b""  # closed, no SMTP reply in plaintext
+    [failed] = server.wait_for("tls_handshake_failed")
+    assert failed["reason"]
+    with socket.create_connection(("127.0.0.1", port(server, "smtps")), timeout=20) as raw:
+        raw.sendall(b"EHLO client.example\r\n")  # plaintext to the implicit TLS port
+        assert raw.recv(4096) == b""
+    assert len(server.wait_for("tls_handshake_failed", 2)) == 2
+    assert spooled(server.spool) == []
