@@ -184,7 +184,15 @@ def test_json_keys_are_camel_case_with_from_for_the_sender(message: M.Message) -
         "retry",
     }
     assert set(record["server"]) == {"id", "creationTime", "hostname"}
-    assert set(record["connection"]) == {"id", "creationTime", "remote", "local", "tls"}
+    assert set(record["connection"]) == {
+        "id",
+        "creationTime",
+        "remote",
+        "local",
+        "tls",
+        "tlsVersion",
+        "tlsCipher",
+    }
     assert set(record["transaction"]) == {"id", "creationTime", "heloName", "protocol"}
     assert set(record["email"]) == {
         "id",

@@ -82,6 +82,9 @@ class Connection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     local: Local
     #: True when the session ran over TLS.
     tls: bool = False
+    #: The TLS protocol version and cipher (OpenSSL's names), when it did.
+    tls_version: str | None = None
+    tls_cipher: str | None = None
 
 
 class Transaction(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

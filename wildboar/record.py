@@ -78,6 +78,7 @@ def build_message(
         client_address=connection.remote.address,
         when=when,
         id=message_id.removeprefix("urn:uuid:"),
+        tls=(connection.tls_version or "", connection.tls_cipher or "") if connection.tls else None,
     )
     txn_id, txn_time = transaction
     return M.Message(

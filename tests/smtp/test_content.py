@@ -360,6 +360,32 @@ def test_received_header() -> None:
         )
 
 
+def test_received_header_names_the_tls_session_in_a_comment() -> None:
+    client = data_session()
+    client.round(stuff(HEADERS))
+    when = datetime.datetime(2026, 11, 22, 9, 30, tzinfo=datetime.UTC)
+    header = smtp.received_header(
+        client.accepted[0].envelope,
+        by="mx.example.org",
+        client_address="192.0.2.1",
+        when=when,
+        id="42",
+        tls=("TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+    )
+    assert b"\tby mx.example.org with ESMTP id 42\r\n" in header
+    assert b"\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n\tfor <b@" in header
+    # Only token characters: nothing can end the comment or the field.
+    odd = smtp.received_header(
+        client.accepted[0].envelope,
+        by="mx",
+        client_address="192.0.2.1",
+        when=when,
+        id="1",
+        tls=("TLSv1.3) x\r\nX-Evil: 1", ""),
+    )
+    assert b"(using TLSv1.3xX-Evil1 with cipher unknown)" in odd and b"\r\nX-Evil" not in odd
+
+
 def received_for(recipients: bytes) -> bytes:
     """The Received field of a message to ``recipients`` (RCPT lines)."""
     client = session()

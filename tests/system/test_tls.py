@@ -102,6 +102,11 @@ def test_swaks_starttls_delivers_and_the_record_says_tls(server: Server) -> None
     assert record.connection.tls is True
     assert record.transaction.protocol == "ESMTPS"
     assert "with ESMTPS" in record.email.received
+    assert record.connection.tls_version in ("TLSv1.2", "TLSv1.3")
+    assert record.connection.tls_cipher
+    comment = f"(using {record.connection.tls_version} with cipher {record.connection.tls_cipher})"
+    assert comment in record.email.received
+    assert record.email.data.startswith(record.email.received.encode() + b"\r\n")
     [started] = server.wait_for("tls_started")
     assert started["version"].startswith("TLSv1.") and started["cipher"]
 

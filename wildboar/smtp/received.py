@@ -13,8 +13,12 @@ import datetime
 import email.utils
 import functools
 import ipaddress
+import re
 
 from .events import Envelope
+
+# What may go in the TLS comment: OpenSSL's names are such tokens; anything else is dropped.
+_TOKEN = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @functools.lru_cache(maxsize=4)
@@ -42,12 +46,15 @@ def received_header(
     client_name: str | None = None,
     when: datetime.datetime,
     id: str,
+    tls: tuple[str, str] | None = None,
 ) -> bytes:
     """``Received: from HELO (NAME [IP]) by HOST with PROTO id ID [for <RCPT>]; DATE``.
 
     The FOR clause names the recipient only when there is exactly one (§4.4: it "MUST
     contain exactly one <path> entry"), so other recipients are not disclosed, and only
-    when it has a domain (not for ``<Postmaster>``).
+    when it has a domain (not for ``<Postmaster>``). ``tls``, the TLS version and cipher
+    of the session, goes in a comment (``(using TLSv1.3 with cipher ...)``, as Postfix
+    writes it).
     """
     if when.tzinfo is None:
         raise ValueError("the Received date needs a time zone (RFC 5321 §4.4)")
@@ -59,6 +66,9 @@ def received_header(
         f"Received: from {helo} ({tcp_info})",
         f"\tby {by} with {envelope.protocol} id {id}",
     ]
+    if tls is not None:
+        version, cipher = (_TOKEN.sub("", part) for part in tls)
+        lines.append(f"\t(using {version or 'TLS'} with cipher {cipher or 'unknown'})")
     # "for" takes a Path or Mailbox (§4.4), which needs a domain: not the bare
     # <Postmaster> that §4.1.1.3 makes every server accept.
     if len(envelope.recipients) == 1 and "@" in envelope.recipients[0].address:

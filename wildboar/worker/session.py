@@ -313,9 +313,11 @@ class Session(asyncio.Protocol):
 
     def _tls_established(self, transport: asyncio.BaseTransport) -> None:
         self.tls_info = tls_describe(transport.get_extra_info("ssl_object"))
-        if self.record is not None:
-            self.record = msgspec.structs.replace(self.record, tls=True)
         version, cipher = self.tls_info
+        if self.record is not None:
+            self.record = msgspec.structs.replace(
+                self.record, tls=True, tls_version=version or None, tls_cipher=cipher or None
+            )
         log("tls_started", connection=self.id, server=self.host.id, version=version, cipher=cipher)
 
     def _recipient(self, address: str) -> None:
