@@ -59,6 +59,9 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     key: str | list[str] = ""  # the private keys of certificate, in its order
     #: The oldest TLS version taken.
     min_tls_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    #: With tls = "starttls": every command but EHLO, NOOP, STARTTLS, QUIT and RSET gets
+    #: 530 5.7.0 until the client started TLS (for submission; never on an MX's port 25).
+    require_tls: bool = False
 
     def __post_init__(self) -> None:
         certificates, keys = self.certificates, self.keys
@@ -69,6 +72,8 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 f"listener {self.name}: {len(certificates)} certificate(s) and {len(keys)}"
                 " key(s): give one key per certificate"
             )
+        if self.require_tls and self.tls != "starttls":
+            raise ValueError(f"listener {self.name}: require_tls needs tls = 'starttls'")
         relative = [p for p in (*certificates, *keys) if not os.path.isabs(p)]
         if relative:
             raise ValueError(f"listener {self.name}: {relative[0]!r} is not an absolute path")

@@ -109,6 +109,23 @@ def test_a_client_gone_during_the_handshake_closes_the_session() -> None:
         client.conn.tls_started()
 
 
+def test_a_listener_that_requires_tls_refuses_mail_before_it() -> None:
+    client = Client(starttls=True)
+    client.conn.require_tls = True  # as a submission listener's configuration sets it
+    assert client.send(b"EHLO client.example\r\n").startswith(b"250-")
+    must = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
+    for command in (b"MAIL FROM:<a@example.net>", b"RCPT TO:<b@example.org>", b"HELO x",
+                    b"VRFY b", b"HELP", b"DATA"):  # fmt: skip
+        assert client.send(command + b"\r\n") == must, command
+    for command in (b"NOOP", b"RSET"):
+        assert client.send(command + b"\r\n").startswith(b"250 "), command
+    assert client.send(b"BDAT 3 LAST\r\nabc").startswith(b"503 5.5.1")  # chunk dropped
+    assert client.send(b"STARTTLS\r\n").startswith(b"220 ")
+    client.conn.tls_started()
+    client.send(b"EHLO client.example\r\n")
+    assert client.send(b"MAIL FROM:<a@example.net>\r\n").startswith(b"250 ")
+
+
 def test_tls_started_without_starttls_is_the_callers_bug() -> None:
     with pytest.raises(smtp.LocalProtocolError):
         tls_client().conn.tls_started()

@@ -49,14 +49,16 @@ def server(spool_dir: Path, certificate: tuple[Path, Path]) -> Iterator[Server]:
         f'[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 0\ntls = "starttls"\n'
         f'certificate = "{cert}"\nkey = "{key}"\n\n'
         f'[[listen]]\nname = "smtps"\nhost = "127.0.0.1"\nport = 0\ntls = "implicit"\n'
-        f'certificate = "{cert}"\nkey = "{key}"\n'
+        f'certificate = "{cert}"\nkey = "{key}"\n\n'
+        f'[[listen]]\nname = "submission"\nhost = "127.0.0.1"\nport = 0\ntls = "starttls"\n'
+        f'require_tls = true\ncertificate = "{cert}"\nkey = "{key}"\n'
     )
     with serving(spool_dir, "--config", str(config), listen=(), workers=1) as up:
         yield up
 
 
 def port(server: Server, name: str) -> int:
-    found = [e for e in server.wait_for("listening", 2, component="supervisor")]
+    found = [e for e in server.wait_for("listening", 3, component="supervisor")]
     return int(next(e["port"] for e in found if e["name"] == name))
 
 
@@ -116,6 +118,16 @@ def test_swaks_implicit_tls_delivers(server: Server) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     [record] = spooled(server.spool)
     assert record.connection.tls is True and "with ESMTPS" in record.email.received
+
+
+def test_a_listener_that_requires_tls_takes_no_mail_in_plaintext(server: Server) -> None:
+    plain = swaks("--port", str(port(server, "submission")))
+    assert plain.returncode != 0
+    assert "530 5.7.0 Must issue a STARTTLS command first" in plain.stdout
+    assert spooled(server.spool) == []
+    secure = swaks("--port", str(port(server, "submission")), "--tls")
+    assert secure.returncode == 0, secure.stdout + secure.stderr
+    assert len(spooled(server.spool)) == 1
 
 
 def test_openssl_s_client_starttls_then_no_starttls_offered(server: Server) -> None:

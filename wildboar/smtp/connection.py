@@ -56,6 +56,7 @@ from .limits import Extensions, Limits
 from .replies import Reply, plain_lines
 from .state import (
     BDAT_SEQUENCE,
+    BEFORE_TLS,
     IN_TRANSACTION,
     LAST_IN_GROUP,
     SEQUENCE,
@@ -114,6 +115,7 @@ class ServerConnection:
         banner: str = "ESMTP",
         tls: bool = False,
         starttls: bool = False,
+        require_tls: bool = False,
     ) -> None:
         if C.parse_hello(hostname) is None or hostname.startswith("["):
             raise LocalProtocolError(f"server hostname {hostname!r} is not a domain name")
@@ -127,6 +129,9 @@ class ServerConnection:
         #: Whether STARTTLS is offered (RFC 3207): the I/O layer can run a handshake. Never
         #: once the session runs over TLS.
         self.starttls = starttls
+        #: Whether every command but EHLO, NOOP, STARTTLS, QUIT and RSET gets ``530 5.7.0``
+        #: before TLS (RFC 3207 §4: a submission listener that requires it).
+        self.require_tls = require_tls and not tls
         #: Octets the client sent behind its STARTTLS, dropped unread (CVE-2011-0411).
         self.dropped_after_starttls = 0
         self._machine = Machine()
@@ -385,6 +390,8 @@ class ServerConnection:
             self._desync()
             return
         refusal = SEQUENCE.get((self._machine.state, verb))
+        if self.require_tls and not self.tls and verb not in BEFORE_TLS:
+            refusal = R.MUST_STARTTLS
         if refusal is not None:
             self._error(refusal)
         else:

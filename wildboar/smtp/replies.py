@@ -114,6 +114,7 @@ NOT_IMPLEMENTED = Reply(502, "5.5.1", "Error: command not implemented")
 READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 TLS_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")
 TLS_IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+MUST_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 NOT_ASCII = Reply(501, "5.5.2", "Error: non-ASCII characters in command")
 FORBIDDEN = Reply(221, "2.7.0", "Error: this is an SMTP server, not a web or proxy server")
 BARE_NEWLINE_COMMAND = Reply(

@@ -149,6 +149,11 @@ LAST_IN_GROUP = frozenset({Verb.EHLO, Verb.HELO, Verb.DATA, Verb.VRFY, Verb.NOOP
 # not an error to answer in plaintext: it is dropped unread, so that no plaintext command
 # can be answered inside TLS (CVE-2011-0411).
 
+# What a listener that requires TLS answers before it (RFC 3207 §4: 530 5.7.0 to the
+# rest). BDAT too: no transaction can be open before TLS, so its chunk is read and dropped
+# with the reply of BDAT_SEQUENCE.
+BEFORE_TLS = frozenset({Verb.EHLO, Verb.NOOP, Verb.STARTTLS, Verb.QUIT, Verb.RSET, Verb.BDAT})
+
 # States in which the client is inside a mail transaction.
 IN_TRANSACTION = frozenset({*_TRANSACTION, State.DATA, State.BDAT})
 

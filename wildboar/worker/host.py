@@ -15,7 +15,6 @@ from reaching the rest of a worker (its control channel, its listeners).
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import Literal, Protocol, TypeVar
 
 from .. import message as M
@@ -24,6 +23,7 @@ from ..config import Config
 from ..handoff.base import Delivery
 from ..policy import RecipientPolicy
 from .content import Budget
+from .tls import ListenerTls
 
 #: The session type a host is told about when one ends (``Session``, which this module
 #: does not import: ``session.py`` imports this one).
@@ -82,8 +82,8 @@ class Host(Protocol[S_contra]):
 
     def clock(self) -> float: ...
 
-    def tls(self, listener: str) -> tuple[str, ssl.SSLContext] | None:
-        """The listener's TLS mode (``starttls``, ``implicit``) and context, or None."""
+    def tls(self, listener: str) -> ListenerTls | None:
+        """The listener's TLS (mode, context, whether required), or None."""
         ...
 
     def refusal(self, stage: Literal["connect", "mail"]) -> smtp.Reply | None: ...

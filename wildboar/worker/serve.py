@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import socket
-import ssl
 from collections import Counter
 from typing import Literal
 
@@ -89,7 +88,7 @@ class Worker:
     def clock(self) -> float:
         return self.loop.time()
 
-    def tls(self, listener: str) -> tuple[str, ssl.SSLContext] | None:
+    def tls(self, listener: str) -> tls.ListenerTls | None:
         return self._tls.get(listener)
 
     # --- running -------------------------------------------------------------------
@@ -175,7 +174,7 @@ class Worker:
 
     async def _connect(self, session: Session, conn: socket.socket) -> None:
         setup = self._tls.get(session.listener)
-        implicit = setup[1] if setup is not None and setup[0] == "implicit" else None
+        implicit = setup.context if setup is not None and setup.mode == "implicit" else None
         try:
             # Implicit TLS (RFC 8314): the handshake before the session, then the greeting.
             await self.loop.connect_accepted_socket(

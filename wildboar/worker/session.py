@@ -87,13 +87,14 @@ class Session(asyncio.Protocol):
         self.spoke_first = spoke_first
         config = host.config
         tls = host.tls(listener)
-        self.tls_mode = tls[0] if tls is not None else "none"
+        self.tls_mode = tls.mode if tls is not None else "none"
         self.conn = smtp.ServerConnection(
             config.hostname,
             limits=config.limits,
             extensions=host.extensions,
             tls=self.tls_mode == "implicit",
             starttls=self.tls_mode == "starttls",
+            require_tls=tls is not None and tls.require,
         )
         #: The TLS session's protocol version and cipher, once there is one.
         self.tls_info: tuple[str, str] | None = None
@@ -288,7 +289,7 @@ class Session(asyncio.Protocol):
             secure = await self.host.loop.start_tls(
                 transport,
                 self,
-                tls[1],
+                tls.context,
                 server_side=True,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
             )

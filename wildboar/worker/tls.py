@@ -17,6 +17,7 @@ The key files are read by the worker, so the ``wildboar`` user must be able to r
 from __future__ import annotations
 
 import ssl
+from typing import NamedTuple
 
 from ..config import Config
 
@@ -25,13 +26,21 @@ HANDSHAKE_TIMEOUT = 30.0
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
+class ListenerTls(NamedTuple):
+    """A listener's TLS: ``starttls`` or ``implicit``, its context, whether required."""
+
+    mode: str
+    context: ssl.SSLContext
+    require: bool
+
+
 class TlsError(Exception):
     """A listener's TLS cannot be set up; ``str()`` names the listener and why."""
 
 
-def contexts(config: Config) -> dict[str, tuple[str, ssl.SSLContext]]:
-    """Per listener name with TLS: its mode (``starttls`` or ``implicit``) and context."""
-    made: dict[str, tuple[str, ssl.SSLContext]] = {}
+def contexts(config: Config) -> dict[str, ListenerTls]:
+    """Per listener name with TLS: its mode, context and ``require_tls``."""
+    made: dict[str, ListenerTls] = {}
     for listener in config.listen:
         if listener.tls == "none":
             continue
@@ -46,7 +55,7 @@ def contexts(config: Config) -> dict[str, tuple[str, ssl.SSLContext]]:
                     f"listener {listener.name}: certificate {certificate} with key {key}:"
                     f" {getattr(error, 'strerror', None) or error}"
                 ) from None
-        made[listener.name] = (listener.tls, context)
+        made[listener.name] = ListenerTls(listener.tls, context, listener.require_tls)
     return made
 
 
