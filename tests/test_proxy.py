@@ -1,5 +1,7 @@
 """The PROXY protocol reader (``wildboar.proxy``): the specification's examples, every
-malformed header we could think of, headers whole and one octet at a time.
+malformed header we could think of, headers split across any number of reads, Hypothesis
+round trips through the builders and fuzzing for the invariants (nothing raises, memory
+stays bounded, reasons never quote the peer).
 
 Section numbers (§) are those of HAProxy's "The PROXY protocol, Versions 1 & 2"
 (https://www.haproxy.org/download/2.8/doc/proxy-protocol.txt). The version 2 headers here
@@ -9,7 +11,9 @@ are written by hand (``v2``, ``tlv``), independently of the module's ``build_v2`
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+import itertools
+import re
+from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 import pytest
@@ -744,3 +748,218 @@ def test_value_objects_refuse_what_has_no_wire_form(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         make()
+
+
+# --- Hypothesis: round trips -----------------------------------------------------
+
+ascii_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+utf8_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=40)
+NAMED = frozenset(proxy.TlvType)
+SUBTYPES = frozenset(proxy.SslSubtype)
+
+
+def others(named: frozenset[int]) -> st.SearchStrategy[tuple[Tlv, ...]]:
+    kinds = st.integers(0, 255).filter(lambda kind: kind not in named)
+    return st.lists(st.builds(Tlv, kinds, st.binary(max_size=40)), max_size=4).map(tuple)
+
+
+ssl_infos = st.builds(
+    SslInfo,
+    client=st.integers(0, 255),
+    verify=st.integers(0, 0xFFFFFFFF),
+    version=st.none() | ascii_text,
+    cn=st.none() | utf8_text,
+    cipher=st.none() | ascii_text,
+    sig_alg=st.none() | ascii_text,
+    key_alg=st.none() | ascii_text,
+    other=others(SUBTYPES),
+)
+tlvs_values = st.builds(
+    Tlvs,
+    alpn=st.none() | st.binary(max_size=40),
+    authority=st.none() | utf8_text,
+    crc32c=st.booleans(),
+    unique_id=st.none() | st.binary(max_size=128),
+    ssl=st.none() | ssl_infos,
+    netns=st.none() | ascii_text,
+    other=others(NAMED),
+)
+
+
+@st.composite
+def endpoints(draw: st.DrawFn, family: Family) -> tuple[Address | None, Address | None]:
+    if family is Family.UNKNOWN:
+        return None, None
+    ips = st.ip_addresses(v=4 if family is Family.TCP4 else 6)
+    ends = st.builds(Address, ips, st.integers(0, 0xFFFF))
+    return draw(ends), draw(ends)
+
+
+@st.composite
+def headers(draw: st.DrawFn, version: int | None = None) -> ProxyHeader:
+    version = draw(st.sampled_from([1, 2])) if version is None else version
+    command = Command.PROXY if version == 1 else draw(st.sampled_from(Command))
+    family = Family.UNKNOWN if command is Command.LOCAL else draw(st.sampled_from(Family))
+    source, destination = draw(endpoints(family))
+    return ProxyHeader(
+        version=1 if version == 1 else 2,
+        command=command,
+        family=family,
+        source=source,
+        destination=destination,
+        tlvs=Tlvs() if version == 1 else draw(tlvs_values),
+        rest=draw(st.binary(max_size=40)),
+    )
+
+
+def build(header: ProxyHeader) -> bytes:
+    return proxy.build_v1(header) if header.version == 1 else proxy.build_v2(header)
+
+
+def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
+    points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
+
+
+@given(headers(), st.lists(st.integers(0, 10_000), max_size=30))
+def test_round_trip_in_any_split(header: ProxyHeader, cuts: list[int]) -> None:
+    wire = build(header)
+    assert read(split(wire, cuts)) == header
+    assert read(bytewise(wire)) == header
+
+
+@given(headers(version=1))
+def test_v1_round_trip_is_within_the_line_limit(header: ProxyHeader) -> None:
+    assert len(proxy.build_v1(header)) - len(header.rest) <= proxy.V1_MAX_LINE
+
+
+def encode_ssl(info: SslInfo) -> bytes:
+    """The test's own encoder of an SSL TLV's value (§2.2.6)."""
+    named = [(0x21, info.version), (0x22, info.cn), (0x23, info.cipher), (0x24, info.sig_alg),
+             (0x25, info.key_alg)]  # fmt: skip
+    subs = [tlv(kind, text.encode()) for kind, text in named if text is not None]
+    subs += [tlv(item.type, item.value) for item in info.other]
+    return bytes((info.client,)) + info.verify.to_bytes(4, "big") + b"".join(subs)
+
+
+def encode_named(tlvs: Tlvs) -> list[bytes]:
+    """The test's own encoder of the TLVs that have fields (CRC-32C aside)."""
+    text = {0x02: tlvs.authority, 0x30: tlvs.netns}
+    raw = {0x01: tlvs.alpn, 0x05: tlvs.unique_id}
+    raw |= {kind: value.encode() for kind, value in text.items() if value is not None}
+    if tlvs.ssl is not None:
+        raw[0x20] = encode_ssl(tlvs.ssl)
+    return [tlv(kind, value) for kind, value in raw.items() if value is not None]
+
+
+@given(headers(version=2), st.lists(st.binary(max_size=8), max_size=3), st.data())
+def test_v2_tlv_order_and_padding_do_not_matter(
+    header: ProxyHeader, pads: list[bytes], data: st.DataObject
+) -> None:
+    # Named TLVs in any order with NOOPs in between; the others keep their order.
+    order = data.draw(st.permutations(encode_named(header.tlvs) + [tlv(0x04, p) for p in pads]))
+    at = 0
+    for item in header.tlvs.other:
+        at = data.draw(st.integers(at, len(order)))
+        order.insert(at, tlv(item.type, item.value))
+        at += 1
+    wire = proxy.build_v2(msgspec.structs.replace(header, tlvs=Tlvs(), rest=b""))
+    wire = v2(wire[16:] + b"".join(order), ver_cmd=wire[12], fam=wire[13])
+    if header.tlvs.crc32c:
+        wire = with_crc(wire)
+    assert read(split(wire + header.rest, data.draw(st.lists(st.integers(0, 999))))) == header
+
+
+# --- Hypothesis: fuzzing ---------------------------------------------------------
+
+
+def feed(parser: ProxyParser, pieces: Iterable[bytes]) -> proxy.Event:
+    """Feeds until decided, checking the invariants after every read."""
+    bound = max(parser.max_size, proxy.V1_MAX_LINE)
+    for piece in pieces:
+        parser.receive_data(piece)  # raises nothing
+        event = parser.next_event()
+        if event is not NEED_DATA:
+            assert parser.buffered == 0
+            check_event(event)
+            return event
+        assert parser.buffered < bound
+    return parser.next_event()
+
+
+def check_event(event: proxy.Event) -> None:
+    if isinstance(event, ProxyError):
+        assert re.fullmatch(r"[ -~]+", event.reason), event.reason
+        assert not re.search("[ZQ]{2}", event.reason)  # the fuzzers' marker octets
+    elif isinstance(event, ProxyHeader):
+        rebuilt = read([build(event)])  # whatever was accepted has a wire form
+        assert rebuilt == event
+
+
+PREFIXES = [
+    b"",
+    b"PROXY ",
+    b"PROXY TCP4 ",
+    b"PROXY TCP6 ",
+    b"PROXY UNKNOWN",
+    SIG,
+    SIG + b"\x21",
+    SIG + b"\x21\x11",
+    SIG + b"\x20\x00",
+]
+junk = st.binary(max_size=300) | st.text("ZQ0123456789abcdef:. \r\n", max_size=120).map(str.encode)
+
+
+@given(
+    st.sampled_from(PREFIXES),
+    junk,
+    st.lists(st.integers(0, 1000), max_size=20),
+    st.sampled_from([536, 4096]),
+)
+def test_fuzz_any_octets_in_any_split(
+    prefix: bytes, tail: bytes, cuts: list[int], max_size: int
+) -> None:
+    data = prefix + tail
+    feed(ProxyParser(max_size=max_size), [*split(data, cuts), b""])
+
+
+damages = st.tuples(
+    st.integers(0, 10_000), st.integers(0, 2), st.binary(max_size=3) | st.just(b"ZQ")
+)
+
+
+@given(
+    headers(),
+    st.lists(damages, min_size=1, max_size=4),
+    st.lists(st.integers(0, 10_000), max_size=10),
+)
+def test_fuzz_damaged_headers(
+    header: ProxyHeader, damage: list[tuple[int, int, bytes]], cuts: list[int]
+) -> None:
+    """Octets deleted, replaced or inserted anywhere in a valid header."""
+    wire = bytearray(build(header))
+    for at, deleted, inserted in damage:
+        start = at % (len(wire) + 1)
+        wire[start : start + deleted] = inserted
+    feed(ProxyParser(), [*split(bytes(wire), cuts), b""])
+
+
+@given(st.sampled_from(PREFIXES[:5]), st.integers(1, 4096))
+def test_endless_v1_stream_is_refused_within_its_limit(prefix: bytes, chunk: int) -> None:
+    parser = ProxyParser()
+    event = feed(parser, [prefix] + [b"7" * chunk] * 200)
+    assert isinstance(event, ProxyError)
+
+
+def test_endless_v2_stream_costs_at_most_the_cap() -> None:
+    def stream() -> Iterator[bytes]:
+        yield v2(ADDR4, length=4096 - 16)[:28]
+        while True:
+            yield b"\x04"
+
+    parser = ProxyParser()
+    event = feed(parser, stream())
+    assert isinstance(event, ProxyError) and "TLV" in event.reason
+    parser = ProxyParser()
+    event = feed(parser, iter([SIG, b"\x21\x11\xff\xff", *[bytes(1000)] * 100]))
+    assert isinstance(event, ProxyError) and "over the limit" in event.reason
