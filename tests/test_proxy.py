@@ -1,7 +1,7 @@
 """The PROXY protocol reader (``wildboar.proxy``): the specification's examples, every
 malformed header we could think of, headers split across any number of reads, Hypothesis
 round trips through the builders and fuzzing for the invariants (nothing raises, memory
-stays bounded, reasons never quote the peer).
+stays bounded, reasons never quote the peer), and the headers a real HAProxy sends.
 
 Section numbers (§) are those of HAProxy's "The PROXY protocol, Versions 1 & 2"
 (https://www.haproxy.org/download/2.8/doc/proxy-protocol.txt). The version 2 headers here
@@ -13,7 +13,11 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+import socket
+import ssl
+import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import msgspec
 import pytest
@@ -33,6 +37,8 @@ from wildboar.proxy import (
     Tlv,
     Tlvs,
 )
+
+from . import haproxy
 
 SIG = b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a"  # §2.2, octet by octet
 IP = ipaddress.ip_address
@@ -617,7 +623,7 @@ def test_v2_tlvs_of_local_and_unknown_headers() -> None:
     assert ok(v2(bytes(216) + body, fam=0x31)).tlvs == Tlvs(unique_id=b"id-1")
 
 
-# What HAProxy 2.6.12 sent: send-proxy-v2 with proxy-v2-options
+# What HAProxy 2.6.12 sent (test_haproxy_*): send-proxy-v2 with proxy-v2-options
 # ssl,cert-cn,ssl-cipher,cert-sig,cert-key,authority,crc32c,unique-id behind a TLS
 # frontend, and a LOCAL health check with crc32c. Their checksums are HAProxy's own.
 HAPROXY_V2_TLS = (
@@ -963,3 +969,162 @@ def test_endless_v2_stream_costs_at_most_the_cap() -> None:
     parser = ProxyParser()
     event = feed(parser, iter([SIG, b"\x21\x11\xff\xff", *[bytes(1000)] * 100]))
     assert isinstance(event, ProxyError) and "over the limit" in event.reason
+
+
+# --- real HAProxy output ---------------------------------------------------------
+
+TLS_OPTIONS = "ssl,cert-cn,ssl-cipher,cert-sig,cert-key,authority,crc32c,unique-id"
+ROUTES = {
+    # name: (server options, frontend host, TLS)
+    "v1": ("send-proxy", "127.0.0.1", False),
+    "v1_ipv6": ("send-proxy", "::1", False),
+    "v1_unix": ("send-proxy", haproxy.UNIX, False),
+    "v2": ("send-proxy-v2", "127.0.0.1", False),
+    "v2_ipv6": ("send-proxy-v2", "::1", False),
+    "v2_unix": ("send-proxy-v2", haproxy.UNIX, False),
+    "v2_tls": (f"send-proxy-v2 proxy-v2-options {TLS_OPTIONS}", "127.0.0.1", True),
+    "v1_check": ("send-proxy check check-send-proxy inter 200ms", "127.0.0.1", False),
+    "v2_check": ("send-proxy-v2 proxy-v2-options crc32c check check-send-proxy inter 200ms",
+                 "127.0.0.1", False),
+}  # fmt: skip
+
+
+@dataclass
+class Relay:
+    haproxy: haproxy.HAProxy
+    servers: dict[str, socket.socket]
+
+
+@pytest.fixture(scope="module")
+def relay() -> Iterator[Relay]:
+    """One private HAProxy with a frontend per route, each relaying to a listener here."""
+    if not haproxy.HAPROXY.exists():
+        pytest.fail("haproxy is missing: apt-get install haproxy (Debian's package)")
+    assert not haproxy.debian_service_running()
+    servers = {name: socket.create_server(("127.0.0.1", 0)) for name in ROUTES}
+    routes = [
+        haproxy.Route(name, servers[name].getsockname()[:2], options, host, tls)
+        for name, (options, host, tls) in ROUTES.items()
+    ]
+    instance = haproxy.HAProxy(routes)
+    try:
+        with instance:
+            yield Relay(instance, servers)
+        assert instance.proc is not None and instance.proc.returncode is not None  # stopped
+        assert not haproxy.debian_service_running()
+    finally:
+        for server in servers.values():
+            server.close()
+
+
+def connect(relay: Relay, name: str, *, certificate: bool = True) -> socket.socket:
+    address = relay.haproxy.address(name)
+    if isinstance(address, str):
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(address)
+    else:
+        client = socket.create_connection(address, timeout=10)
+    if not ROUTES[name][2]:
+        return client
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if certificate:
+        context.load_cert_chain(relay.haproxy.client_certificate)
+    return context.wrap_socket(client, server_hostname=haproxy.SERVER_NAME)
+
+
+def accept_header(relay: Relay, name: str, session: bytes = b"") -> tuple[ProxyHeader, bytes]:
+    """The header of the next connection HAProxy makes to route ``name``'s listener, read
+    as it comes (and again one octet at a time), and the octets the header came with."""
+    server = relay.servers[name]
+    server.settimeout(10)
+    conn, _ = server.accept()
+    with conn:
+        conn.settimeout(10)
+        parser, received = ProxyParser(), b""
+        while parser.next_event() is NEED_DATA:
+            received += (data := conn.recv(4096))
+            parser.receive_data(data)
+        header = parser.next_event()
+        assert isinstance(header, ProxyHeader), (header, received, relay.haproxy.log)
+        rest = header.rest
+        while len(rest) < len(session):
+            rest += conn.recv(4096) or pytest.fail(f"closed after {rest!r}")
+    assert rest == session
+    assert read(bytewise(received)) == header
+    return header, received
+
+
+def client_end(client: socket.socket) -> Address:
+    host, port = client.getsockname()[:2]
+    return Address(IP(host), port)
+
+
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [("v1", Family.TCP4), ("v1_ipv6", Family.TCP6), ("v2", Family.TCP4), ("v2_ipv6", Family.TCP6)],
+)
+def test_haproxy_relays_the_client(relay: Relay, name: str, family: Family) -> None:
+    with connect(relay, name) as client:
+        client.sendall(EHLO)
+        header, _ = accept_header(relay, name, session=EHLO)
+        host, port = relay.haproxy.address(name)
+        assert header.version == (1 if name.startswith("v1") else 2)
+        assert (header.command, header.family) == (Command.PROXY, family)
+        assert header.source == client_end(client)
+        assert header.destination == Address(IP(host), port)
+        assert header.tlvs == Tlvs()
+
+
+def test_haproxy_v2_with_tls_facts(relay: Relay) -> None:
+    with connect(relay, "v2_tls") as client:
+        client.sendall(EHLO)
+        header, _ = accept_header(relay, "v2_tls", session=EHLO)
+        assert isinstance(client, ssl.SSLSocket)
+        tls_version, cipher = client.version(), client.cipher()
+        host, port = relay.haproxy.address("v2_tls")
+        assert header.source == client_end(client)
+        assert header.destination == Address(IP(host), port)
+    tlvs = header.tlvs
+    assert tlvs.crc32c and tlvs.authority == haproxy.SERVER_NAME
+    assert tlvs.unique_id is not None and uuid.UUID(tlvs.unique_id.decode())
+    assert tlvs.ssl is not None and tlvs.ssl.tls and tlvs.ssl.verified
+    assert cipher is not None
+    assert (tlvs.ssl.version, tlvs.ssl.cipher) == (tls_version, cipher[0])
+    assert tlvs.ssl.cn == haproxy.CLIENT_NAME
+    assert (tlvs.ssl.sig_alg, tlvs.ssl.key_alg) == ("RSA-SHA256", "RSA2048")
+    assert tlvs.alpn is None and tlvs.netns is None and tlvs.other == ()
+
+
+def test_haproxy_v2_with_tls_and_no_client_certificate(relay: Relay) -> None:
+    with connect(relay, "v2_tls", certificate=False) as client:
+        client.sendall(EHLO)
+        header, _ = accept_header(relay, "v2_tls", session=EHLO)
+    info = header.tlvs.ssl
+    assert info is not None and info.tls and not info.verified and info.cn is None
+    assert info.client == proxy.CLIENT_SSL and info.version is not None
+
+
+def test_haproxy_unix_socket_clients_have_no_address(relay: Relay) -> None:
+    # HAProxy 2.6 says UNKNOWN (v1) and LOCAL (v2) for them: LOCAL is not only checks.
+    for name, command in (("v1_unix", Command.PROXY), ("v2_unix", Command.LOCAL)):
+        with connect(relay, name) as client:
+            client.sendall(EHLO)
+            header, _ = accept_header(relay, name, session=EHLO)
+        assert (header.command, header.family, header.source) == (command, Family.UNKNOWN, None)
+
+
+def test_haproxy_health_checks(relay: Relay) -> None:
+    # v1: HAProxy 2.6 gives the check's own connection (§2.1 advises it); v2: LOCAL.
+    v1, _ = accept_header(relay, "v1_check")
+    listener = relay.servers["v1_check"].getsockname()
+    assert (v1.version, v1.command, v1.family) == (1, Command.PROXY, Family.TCP4)
+    assert v1.destination == Address(IP(listener[0]), listener[1])
+    v2_check, received = accept_header(relay, "v2_check")
+    assert (v2_check.command, v2_check.family, v2_check.source) == (
+        Command.LOCAL,
+        Family.UNKNOWN,
+        None,
+    )
+    assert v2_check.tlvs == Tlvs(crc32c=True) and received.startswith(SIG + b"\x20\x00")
