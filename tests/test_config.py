@@ -342,3 +342,22 @@ def test_a_tls_listener_needs_its_certificate_and_key(tmp_path: Path) -> None:
         ["/r.pem", "/e.pem"],
         ["/r.key", "/e.key"],
     )
+
+
+def test_a_proxy_protocol_listener_names_its_proxies(tmp_path: Path) -> None:
+    base = '[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 25\nproxy_protocol = true\n'
+    cases = {
+        "": "proxy_protocol needs trusted_proxies",
+        'trusted_proxies = ["10.0.0.0/33"]\n': "trusted_proxies",
+        'trusted_proxies = ["10.0.0.0/8"]\ntls = "implicit"\ncertificate = "/c"\nkey = "/k"\n': (
+            "not supported yet"
+        ),
+    }
+    path = tmp_path / "wildboar.toml"
+    for extra, message in cases.items():
+        path.write_text(base + extra)
+        with pytest.raises(C.ConfigError, match=re.escape(message)):
+            C.load(file=str(path), environ={})
+    path.write_text(base + 'trusted_proxies = ["10.0.0.0/8", "::1"]\n')
+    [listener] = C.load(file=str(path), environ={}).listen
+    assert listener.proxy_protocol and listener.trusted_proxies == ["10.0.0.0/8", "::1"]

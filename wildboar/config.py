@@ -62,8 +62,27 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: With tls = "starttls": every command but EHLO, NOOP, STARTTLS, QUIT and RSET gets
     #: 530 5.7.0 until the client started TLS (for submission; never on an MX's port 25).
     require_tls: bool = False
+    #: Every connection begins with a PROXY protocol header (v1 or v2, docs/proxy.md) from
+    #: a proxy in trusted_proxies, before the greeting and before TLS; the client it names
+    #: is the client (logs, limits, Received, the record). A connection from elsewhere, or
+    #: without a valid header, is closed without a reply.
+    proxy_protocol: bool = False
+    #: The networks the proxies connect from (["10.0.0.0/8", "::1/128"]).
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        try:
+            for network in self.trusted_proxies:
+                ipaddress.ip_network(network, strict=False)
+        except ValueError as error:
+            raise ValueError(f"listener {self.name}: trusted_proxies: {error}") from None
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ValueError(f"listener {self.name}: proxy_protocol needs trusted_proxies")
+        if self.proxy_protocol and self.tls == "implicit":
+            raise ValueError(
+                f"listener {self.name}: proxy_protocol with tls = 'implicit' is not supported"
+                " yet: terminate TLS at the proxy (send-proxy-v2-ssl), or use starttls"
+            )
         certificates, keys = self.certificates, self.keys
         if self.tls != "none" and not certificates:
             raise ValueError(f"listener {self.name}: tls = {self.tls!r} needs a certificate")

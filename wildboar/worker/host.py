@@ -15,6 +15,7 @@ from reaching the rest of a worker (its control channel, its listeners).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import Literal, Protocol, TypeVar
 
 from .. import message as M
@@ -24,6 +25,8 @@ from ..handoff.base import Delivery
 from ..policy import RecipientPolicy
 from .content import Budget
 from .tls import ListenerTls
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The session type a host is told about when one ends (``Session``, which this module
 #: does not import: ``session.py`` imports this one).
@@ -81,6 +84,10 @@ class Host(Protocol[S_contra]):
         ...
 
     def clock(self) -> float: ...
+
+    def proxies(self, listener: str) -> tuple[IPNetwork, ...] | None:
+        """The networks a PROXY protocol listener takes headers from; None: not one."""
+        ...
 
     def tls(self, listener: str) -> ListenerTls | None:
         """The listener's TLS (mode, context, whether required), or None."""

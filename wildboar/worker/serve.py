@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ from ..handoff.lmtp import LmtpHandoff
 from ..policy import RecipientPolicy
 from . import tls
 from .content import Budget, content_directory
+from .host import IPNetwork
 from .logs import add_sink, flush, log
 from .session import SHUTDOWN, TIMEOUT, TOO_MANY_SESSIONS, Session
 
@@ -70,6 +72,14 @@ class Worker:
         self.budget = Budget(config.sessions.delivery_memory)
         # TLS per listener name (docs/tls.md); made again by every worker a HUP starts.
         self._tls = tls.contexts(config)
+        # The proxies each PROXY protocol listener takes headers from (docs/proxy.md).
+        self._proxies = {
+            listener.name: tuple(
+                ipaddress.ip_network(network, strict=False) for network in listener.trusted_proxies
+            )
+            for listener in config.listen
+            if listener.proxy_protocol
+        }
         self.policy = RecipientPolicy(config.recipients.domains)
         # What every handoff can take is what the sessions offer (asked after start()).
         self.extensions = config.extensions
@@ -90,6 +100,9 @@ class Worker:
 
     def tls(self, listener: str) -> tls.ListenerTls | None:
         return self._tls.get(listener)
+
+    def proxies(self, listener: str) -> tuple[IPNetwork, ...] | None:
+        return self._proxies.get(listener)
 
     # --- running -------------------------------------------------------------------
 
@@ -169,7 +182,7 @@ class Worker:
         session = Session(self, name, TOO_MANY_SESSIONS if full else None, _spoke_first(conn))
         self.sessions.add(session)
         self.per_ip[ip] += 1
-        session.client_ip = ip
+        session.client_ip = session.counted_ip = ip
         self.loop.create_task(self._connect(session, conn))
 
     async def _connect(self, session: Session, conn: socket.socket) -> None:
@@ -199,9 +212,10 @@ class Worker:
     def session_closed(self, session: Session) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
-            self.per_ip[session.client_ip] -= 1
-            if self.per_ip[session.client_ip] <= 0:
-                del self.per_ip[session.client_ip]
+            # The address it was counted under (a PROXY header changes client_ip later).
+            self.per_ip[session.counted_ip] -= 1
+            if self.per_ip[session.counted_ip] <= 0:
+                del self.per_ip[session.counted_ip]
 
     def refusal(self, stage: Literal["connect", "mail"]) -> smtp.Reply | None:
         """Why a new session or transaction cannot be served now (a handoff is down)."""

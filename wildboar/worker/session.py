@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 from typing import Any, cast
 
 import msgspec
 
 from .. import message as M
+from .. import proxy, smtp
 from .. import record as R
-from .. import smtp
 from ..handoff.base import Delivery, local_failure
 from .content import Content
 from .host import Host, RecipientVerifier
@@ -52,6 +53,8 @@ DRAIN_IDLE_GRACE = 1.0
 # States in which the session reads message content (the data-block timeout applies).
 IN_DATA = frozenset({smtp.State.DATA, smtp.State.BDAT})
 # States without a transaction: a draining session in one of them is closed at once.
+#: A proxy that has not sent its header by then is dropped.
+PROXY_HEADER_TIMEOUT = 10.0
 IDLE = frozenset({smtp.State.GREETING, smtp.State.REFUSED, smtp.State.CONNECTED, smtp.State.READY})
 Wait = smtp.Wait
 MessageData = smtp.MessageData
@@ -98,6 +101,10 @@ class Session(asyncio.Protocol):
         )
         #: The TLS session's protocol version and cipher, once there is one.
         self.tls_info: tuple[str, str] | None = None
+        #: Behind a proxy: the trusted networks, and the header's reader until it is read.
+        self.proxy_networks = host.proxies(listener)
+        self.proxy = proxy.ProxyParser() if self.proxy_networks is not None else None
+        self.counted_ip = ""  # the address the worker counts this session under
         self.id = M.new_urn()
         self.created = R.now()
         self.transport: asyncio.Transport | None = None
@@ -143,6 +150,9 @@ class Session(asyncio.Protocol):
         self.record = R.build_connection(family, peer, local, id=self.id, when=self.created)
         if self.tls_mode == "implicit":
             self._tls_established(transport)
+        if self.proxy is not None:
+            self._expect_proxy_header(peer[0])
+            return
         self._touch()
         log(
             "connection_open",
@@ -156,6 +166,9 @@ class Session(asyncio.Protocol):
             self._process()  # the greeting; else after the first data_received
 
     def data_received(self, data: bytes) -> None:
+        if self.proxy is not None:
+            self._proxy_data(data)
+            return
         self.conn.receive_data(data)
         self._process()
 
@@ -277,6 +290,63 @@ class Session(asyncio.Protocol):
             self._answer(self.refuse or self.host.refusal("connect") or ACCEPT)
         else:
             self._answer(ACCEPT)
+
+    # --- behind a proxy (PROXY protocol) ------------------------------------------------
+
+    def _expect_proxy_header(self, peer: str) -> None:
+        networks = self.proxy_networks or ()
+        if not any(ipaddress.ip_address(peer) in network for network in networks):
+            self._refuse_proxied("not a trusted proxy", peer)
+            return
+        self.deadline = self.host.clock() + PROXY_HEADER_TIMEOUT
+
+    def _proxy_data(self, data: bytes) -> None:
+        parser = self.proxy
+        assert parser is not None
+        parser.receive_data(data)
+        event = parser.next_event()
+        if event is proxy.NEED_DATA:
+            return
+        self.proxy = None
+        if isinstance(event, proxy.ProxyError):
+            self._refuse_proxied(event.reason, self.client_ip)
+            return
+        assert isinstance(event, proxy.ProxyHeader)
+        relayed = event.command is proxy.Command.PROXY and event.source is not None
+        if relayed and event.source is not None and event.destination is not None:
+            source, destination = event.source, event.destination
+            family: R.Family = "ipv4" if event.family is proxy.Family.TCP4 else "ipv6"
+            client = (str(source.ip), source.port)
+            self.client_ip = client[0]
+            self.record = R.build_connection(
+                family,
+                client,
+                (str(destination.ip), destination.port),
+                id=self.id,
+                when=self.created,
+            )
+        log(
+            "proxy_header",
+            connection=self.id,
+            server=self.host.id,
+            version=event.version,
+            relayed=relayed,
+            remote=self.client_ip,
+        )
+        # What the client sent behind the header (before our greeting): the core sees it
+        # before it greets, and answers it as any client speaking first.
+        if event.rest:
+            self.conn.receive_data(event.rest)
+        self._touch()
+        self._process()
+
+    def _refuse_proxied(self, why: str, peer: str) -> None:
+        """A connection without a header from a trusted proxy: closed, no SMTP reply."""
+        log("proxy_refused", level=30, connection=self.id, server=self.host.id, remote=peer,
+            reason=why)  # fmt: skip
+        self.proxy = None
+        if self.transport is not None:
+            self.transport.abort()
 
     async def _start_tls(self) -> None:
         """The handshake after our 220 (the core's StartTls): the same protocol object on
@@ -589,6 +659,9 @@ class Session(asyncio.Protocol):
         A session whose connection is not made yet is left alone: it is shut down on a
         later call, after its greeting question exists."""
         if self.closed or self.delivering is not None or self.transport is None:
+            return
+        if self.proxy is not None:  # no header yet: no SMTP reply either
+            self._refuse_proxied("no PROXY header in time", self.client_ip)
             return
         if self.shutdown_at is not None:
             # Asked again a second or more later: the reply is still not out, the client

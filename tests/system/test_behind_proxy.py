@@ -1,0 +1,90 @@
+"""wildboar behind HAProxy: PROXY protocol v1 and v2 headers on a listener that requires
+them. The client's real address (127.0.0.2 here; HAProxy connects from 127.0.0.1) is what
+the record, the Received field and the logs show; a connection that is not from a trusted
+proxy, or has no valid header, is closed without an SMTP reply."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .. import haproxy
+from .harness import Server, serving, spooled
+
+CLIENT = "127.0.0.2"
+
+
+@pytest.fixture
+def server(spool_dir: Path) -> Iterator[Server]:
+    config = spool_dir.parent / "wildboar.toml"
+    config.write_text(
+        '[recipients]\ndomains = ["example.org"]\n\n'
+        '[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 0\nproxy_protocol = true\n'
+        'trusted_proxies = ["127.0.0.1/32"]\n\n'
+        '[[listen]]\nname = "elsewhere"\nhost = "127.0.0.1"\nport = 0\nproxy_protocol = true\n'
+        'trusted_proxies = ["192.0.2.0/24"]\n'
+    )
+    with serving(spool_dir, "--config", str(config), listen=(), workers=2) as up:
+        yield up
+
+
+def port(server: Server, name: str) -> int:
+    found = server.wait_for("listening", 2, component="supervisor")
+    return int(next(e["port"] for e in found if e["name"] == name))
+
+
+def send_from(address: tuple[str, int], subject: str) -> dict[str, tuple[int, bytes]]:
+    with smtplib.SMTP(timeout=30, source_address=(CLIENT, 0)) as client:
+        client.connect(*address)
+        body = f"Subject: {subject}\r\n\r\nthrough the proxy\r\n".encode()
+        return client.sendmail("a@example.net", ["b@example.org"], body)
+
+
+@pytest.mark.parametrize("options", ["send-proxy", "send-proxy-v2"])
+def test_the_client_behind_haproxy_is_the_client(server: Server, options: str) -> None:
+    target = ("127.0.0.1", port(server, "smtp"))
+    with haproxy.HAProxy([haproxy.Route("mx", target, options)]) as proxy:
+        front = proxy.address("mx")
+        assert isinstance(front, tuple)
+        assert send_from(front, options) == {}
+    [record] = spooled(server.spool)
+    assert record.connection.remote.address == CLIENT
+    assert record.connection.remote.family == "ipv4"
+    assert record.connection.local.port == front[1]  # HAProxy's frontend, as it said
+    assert f"[{CLIENT}]" in record.email.received
+    [header] = server.wait_for("proxy_header")
+    assert header["remote"] == CLIENT and header["version"] == (2 if "v2" in options else 1)
+    accepted = server.wait_for("message_accepted")
+    assert accepted and not haproxy.debian_service_running()
+
+
+def assert_closed_without_reply(address: tuple[str, int], send: bytes) -> None:
+    with socket.create_connection(address, timeout=30) as raw:
+        if send:
+            raw.sendall(send)
+        assert raw.recv(4096) == b""
+
+
+def test_a_client_without_a_header_is_closed_without_a_reply(server: Server) -> None:
+    target = ("127.0.0.1", port(server, "smtp"))
+    assert_closed_without_reply(target, b"EHLO client.example\r\n")
+    assert_closed_without_reply(target, b"PROXY TCP4 1.2.3.4 nonsense\r\n")
+    refused = server.wait_for("proxy_refused", 2)
+    assert all(r["reason"] for r in refused)
+    assert spooled(server.spool) == []
+
+
+def test_a_header_from_an_untrusted_address_is_refused(server: Server) -> None:
+    target = ("127.0.0.1", port(server, "elsewhere"))
+    with haproxy.HAProxy([haproxy.Route("mx", target, "send-proxy-v2")]) as proxy:
+        front = proxy.address("mx")
+        assert isinstance(front, tuple)
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            send_from(front, "untrusted")
+    [refused] = server.wait_for("proxy_refused")
+    assert refused["reason"] == "not a trusted proxy" and refused["remote"] == "127.0.0.1"
+    assert spooled(server.spool) == []
