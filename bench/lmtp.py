@@ -77,7 +77,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.lmtp.dovecot import Dovecot, DovecotError, free_port
+from tests.daemons import free_port
+from tests.lmtp.dovecot import Dovecot, DovecotError
 
 from . import output
 from .postfix import Postfix, PostfixError

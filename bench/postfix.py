@@ -28,7 +28,6 @@ process limit of 300 so that 200 sessions fit.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pwd
 import shutil
@@ -39,6 +38,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+
+from tests.daemons import die_with_parent, process_group
 
 POSTFIX = "/usr/sbin/postfix"
 MASTER = "/usr/lib/postfix/sbin/master"
@@ -76,27 +77,6 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 class PostfixError(RuntimeError):
     pass
-
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
-
-
-def _die_with_parent() -> None:
-    _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the benchmark dies
-
-
-def _group(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            stat = (entry / "stat").read_text()
-            state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
-            if int(pgrp) == pgid and state not in "ZX":
-                members.append(int(entry.name))
-    return members
 
 
 class Postfix:
@@ -177,7 +157,7 @@ virtual_transport = lmtp:inet:{host}:{port}
                 cwd=self.dir,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"},
                 start_new_session=True,  # its own process group: the master's pid
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (it only calls prctl)
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (it only calls prctl)
             )
 
     @property
@@ -210,7 +190,7 @@ virtual_transport = lmtp:inet:{host}:{port}
             proc.kill()
             proc.wait()
         kill_at = time.monotonic() + STOP_TIMEOUT
-        while left := _group(proc.pid):
+        while left := process_group(proc.pid):
             if time.monotonic() > kill_at + STOP_TIMEOUT:
                 raise PostfixError(f"postfix processes {left} survived SIGKILL")
             if time.monotonic() > kill_at:

@@ -22,8 +22,6 @@ ends: start instances from the main thread).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import random
 import shutil
 import signal
 import socket
@@ -35,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from tests.daemons import die_with_parent, free_port
+
 HAPROXY = Path("/usr/sbin/haproxy")
 #: ``Route.bind_host`` for a frontend on a unix socket (``address`` is then its path).
 UNIX = "unix"
@@ -42,34 +42,10 @@ SERVER_NAME = "mx.example.org"
 CLIENT_NAME = "client.example.org"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
-_handed_out: set[int] = set()
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
 
 
 class HAProxyError(RuntimeError):
     pass
-
-
-def _die_with_parent() -> None:
-    _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when our process dies
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A free port on ``host`` below Linux's ephemeral range (32768-60999), so that no
-    client socket takes it before HAProxy binds it; never the same one twice in a process."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    while True:
-        port = random.randrange(10000, 32768)
-        if port in _handed_out:
-            continue
-        with socket.socket(family) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as HAProxy does
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
 
 
 def debian_service_running() -> bool:
@@ -181,7 +157,7 @@ class HAProxy:
             self.proc = subprocess.Popen(
                 [str(HAPROXY), "-db", "-f", str(conf)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.dir,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (it only calls prctl)
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (it only calls prctl)
             )  # fmt: skip
         self._wait_ready(time.monotonic() + timeout)
 

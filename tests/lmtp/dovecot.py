@@ -30,11 +30,9 @@ thread. A start takes some 0.05 s, a graceful ``stop`` 1.1 s, ``close`` 0.1 s.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import grp
 import os
 import pwd
-import random
 import re
 import secrets
 import shutil
@@ -48,6 +46,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from tests.daemons import die_with_parent, free_port, process_group
+
 DOVECOT = Path("/usr/sbin/dovecot")
 DOVEADM = Path("/usr/bin/doveadm")
 DOMAIN = "example.org"
@@ -57,63 +57,10 @@ QUOTAS: Mapping[str, str] = {"carol": "1M"}
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 _QUOTA_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_handed_out: set[int] = set()
 
 
 class DovecotError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    """A free loopback port below Linux's ephemeral range (32768-60999), so that no client
-    socket takes it between this check and Dovecot's bind; never the same one twice in a
-    process."""
-    while True:
-        port = random.randrange(10000, 32768)
-        if port in _handed_out:
-            continue
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Dovecot does
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
-
-
-def _die_with_parent() -> None:
-    _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when our process dies
-
-
-def process_group(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp ...: comm may hold anything, so split after its ")".
-        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
-        if int(pgrp) == pgid and state not in "ZX":
-            members.append(int(entry.name))
-    return members
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (an orphan that PID 1 has yet to
-    reap)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def quota_bytes(rule: str) -> int:
@@ -443,7 +390,7 @@ service lmtp {{
                 cwd=self.dir,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
                 start_new_session=True,  # its own process group: the master's pid
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (it only calls prctl)
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (it only calls prctl)
             )
 
     def _wait_ready(self, timeout: float) -> None:

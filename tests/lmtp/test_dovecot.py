@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .dovecot import Dovecot, LMTPClient, alive, process_group
+from tests.daemons import alive, process_group
+
+from .dovecot import Dovecot, LMTPClient
 
 SENDER = "sender@client.test"
 
