@@ -8,6 +8,7 @@ same message sent again is delivered once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import smtplib
@@ -159,6 +160,24 @@ def test_down_for_one_recipient_check_and_back_for_the_next(
         nothing_kept(up)
 
 
+@contextlib.contextmanager
+def mda_gone_while_paused(worker: int, dovecot: Dovecot, how: str) -> Iterator[None]:
+    """The worker stopped (SIGSTOP) while the body sends to it, then Dovecot goes away
+    (``kill -9``, or SIGTERM to all its processes, which also has them say 421: quicker),
+    then the worker goes on (SIGCONT) with both waiting for it."""
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        yield
+        time.sleep(0.02)
+        if how == "kill -9":
+            dovecot.kill9()
+        else:
+            dovecot.stop(graceful=False)
+        time.sleep(0.02)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+
+
 @pytest.mark.parametrize("how", ["stopped", "kill -9"])
 def test_an_mda_gone_while_the_worker_is_busy_is_still_a_4xx_at_rcpt(
     dovecot: Dovecot, spool_dir: Path, how: str
@@ -182,17 +201,8 @@ def test_an_mda_gone_while_the_worker_is_busy_is_still_a_4xx_at_rcpt(
                 client.ehlo("client.example")
                 assert client.mail("a@example.net")[0] == 250
                 assert client.rcpt(f"bob@{DOMAIN}")[0] == 250  # a link in the pool now
-                os.kill(worker, signal.SIGSTOP)
-                try:
+                with mda_gone_while_paused(worker, dovecot, how):
                     client.putcmd("RCPT", f"TO:<alice@{DOMAIN}>")
-                    time.sleep(0.02)
-                    if how == "kill -9":
-                        dovecot.kill9()
-                    else:  # SIGTERM to them all, which also has them say 421: quicker
-                        dovecot.stop(graceful=False)
-                    time.sleep(0.02)
-                finally:
-                    os.kill(worker, signal.SIGCONT)
                 replies.append(client.getreply())
     wrong = [r for r in replies if not (r[0] in (450, 451) and r[1][:2] == b"4.")]
     assert wrong == [], f"{len(wrong)} of {len(replies)} wrong: {sorted(set(wrong))}"
@@ -219,17 +229,8 @@ def test_an_mda_gone_while_the_worker_is_busy_is_still_a_4xx_after_the_content(
                 assert client.rcpt(f"bob@{DOMAIN}")[0] == 250  # a link in the pool now
                 client.putcmd("DATA")
                 assert client.getreply()[0] == 354
-                os.kill(worker, signal.SIGSTOP)
-                try:
+                with mda_gone_while_paused(worker, dovecot, how):
                     client.send(message(f"busy-{attempt}") + b".\r\n")
-                    time.sleep(0.02)
-                    if how == "kill -9":
-                        dovecot.kill9()
-                    else:
-                        dovecot.stop(graceful=False)
-                    time.sleep(0.02)
-                finally:
-                    os.kill(worker, signal.SIGCONT)
                 replies.append(client.getreply())
         errors = up.events("handoff_error")
     wrong = [r for r in replies if not (r[0] in (450, 451) and r[1][:2] == b"4.")]
