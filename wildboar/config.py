@@ -153,6 +153,9 @@ class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_block: Seconds = 180.0  # waiting for the next piece of DATA/BDAT content
     handoff: Seconds = 540.0  # making a message durable, under the client's 10 min (§4.5.3.2.6)
     drain: Seconds = 30.0  # graceful stop: how long sessions may finish
+    #: A TLS handshake, or a PROXY protocol header, not done within this time: the
+    #: connection is dropped without a reply (and logged).
+    handshake: Seconds = 10.0
     #: The longest a session may last, whatever the client keeps sending: 421 4.4.2 after.
     session: Seconds = 3600.0
     #: The content rate (octets per second, on average since the content began) below which

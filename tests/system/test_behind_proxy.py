@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def server(spool_dir: Path) -> Iterator[Server]:
         '[[listen]]\nname = "elsewhere"\nhost = "127.0.0.1"\nport = 0\nproxy_protocol = true\n'
         'trusted_proxies = ["192.0.2.0/24"]\n'
     )
-    with serving(spool_dir, "--config", str(config), listen=(), workers=2) as up:
+    env = {"WILDBOAR_TIMEOUTS_HANDSHAKE": "1"}
+    with serving(spool_dir, "--config", str(config), listen=(), workers=2, env=env) as up:
         yield up
 
 
@@ -76,6 +78,18 @@ def test_a_client_without_a_header_is_closed_without_a_reply(server: Server) -> 
     refused = server.wait_for("proxy_refused", 2)
     assert all(r["reason"] for r in refused)
     assert spooled(server.spool) == []
+
+
+def test_a_proxy_that_never_finishes_its_header_is_dropped(server: Server) -> None:
+    """A trusted address that sends half a header and waits (or nothing): dropped after
+    timeouts.handshake (1 s here), no reply; its place is free again."""
+    target = ("127.0.0.1", port(server, "smtp"))
+    started = time.monotonic()
+    assert_closed_without_reply(target, b"PROXY TCP4 192.0.2.1 ")
+    assert_closed_without_reply(target, b"")
+    assert time.monotonic() - started < 10
+    refused = server.wait_for("proxy_refused", 2)
+    assert {r["reason"] for r in refused} == {"no PROXY header in time"}
 
 
 def test_a_header_from_an_untrusted_address_is_refused(server: Server) -> None:

@@ -9,6 +9,7 @@ import pwd
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def server(spool_dir: Path, certificate: tuple[Path, Path]) -> Iterator[Server]:
         f'[[listen]]\nname = "submission"\nhost = "127.0.0.1"\nport = 0\ntls = "starttls"\n'
         f'require_tls = true\ncertificate = "{cert}"\nkey = "{key}"\n'
     )
-    with serving(spool_dir, "--config", str(config), listen=(), workers=1) as up:
+    env = {"WILDBOAR_TIMEOUTS_HANDSHAKE": "2"}
+    with serving(spool_dir, "--config", str(config), listen=(), workers=1, env=env) as up:
         yield up
 
 
@@ -176,6 +178,22 @@ def test_a_command_pipelined_behind_starttls_is_never_answered_inside_tls(
             assert ehlo[0] == b"250-" + HOST.encode(), ehlo
             secure.sendall(b"QUIT\r\n")
             assert read_reply(secure)[0].startswith(b"221 ")
+
+
+def test_a_client_that_never_does_its_handshake_is_dropped(server: Server) -> None:
+    """timeouts.handshake (2 s here) after STARTTLS's 220, and on the implicit port."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port(server, "smtp")), timeout=30) as raw:
+        read_reply(raw)
+        raw.sendall(b"EHLO client.example\r\n")
+        read_reply(raw)
+        raw.sendall(b"STARTTLS\r\n")
+        read_reply(raw)
+        assert raw.recv(4096) == b""  # then silence: dropped
+    with socket.create_connection(("127.0.0.1", port(server, "smtps")), timeout=30) as raw:
+        assert raw.recv(4096) == b""
+    assert time.monotonic() - started < 15
+    assert len(server.wait_for("tls_handshake_failed", 2)) == 2
 
 
 def test_a_failed_handshake_closes_the_connection_and_is_logged(server: Server) -> None:

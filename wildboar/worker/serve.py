@@ -194,7 +194,7 @@ class Worker:
                 lambda: session,
                 conn,
                 ssl=implicit,
-                ssl_handshake_timeout=tls.HANDSHAKE_TIMEOUT if implicit else None,
+                ssl_handshake_timeout=self.config.timeouts.handshake if implicit else None,
             )
         except OSError as error:  # ssl.SSLError and TimeoutError included
             if implicit is not None:

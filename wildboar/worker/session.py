@@ -37,7 +37,6 @@ from ..handoff.base import Delivery, local_failure
 from .content import Content
 from .host import Host, RecipientVerifier
 from .logs import log
-from .tls import HANDSHAKE_TIMEOUT as TLS_HANDSHAKE_TIMEOUT
 from .tls import describe as tls_describe
 
 # Read no more while the core holds this much unparsed input (pipelined commands).
@@ -53,8 +52,6 @@ DRAIN_IDLE_GRACE = 1.0
 # States in which the session reads message content (the data-block timeout applies).
 IN_DATA = frozenset({smtp.State.DATA, smtp.State.BDAT})
 # States without a transaction: a draining session in one of them is closed at once.
-#: A proxy that has not sent its header by then is dropped.
-PROXY_HEADER_TIMEOUT = 10.0
 IDLE = frozenset({smtp.State.GREETING, smtp.State.REFUSED, smtp.State.CONNECTED, smtp.State.READY})
 Wait = smtp.Wait
 MessageData = smtp.MessageData
@@ -298,7 +295,7 @@ class Session(asyncio.Protocol):
         if not any(ipaddress.ip_address(peer) in network for network in networks):
             self._refuse_proxied("not a trusted proxy", peer)
             return
-        self.deadline = self.host.clock() + PROXY_HEADER_TIMEOUT
+        self.deadline = self.host.clock() + self.host.config.timeouts.handshake
 
     def _proxy_data(self, data: bytes) -> None:
         parser = self.proxy
@@ -361,7 +358,7 @@ class Session(asyncio.Protocol):
                 self,
                 tls.context,
                 server_side=True,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                ssl_handshake_timeout=self.host.config.timeouts.handshake,
             )
         except (OSError, EOFError) as error:  # ssl.SSLError and TimeoutError included
             log(

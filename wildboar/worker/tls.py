@@ -21,8 +21,6 @@ from typing import NamedTuple
 
 from ..config import Config
 
-#: A TLS handshake not done by then fails (the client is dropped, and it is logged).
-HANDSHAKE_TIMEOUT = 30.0
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
