@@ -212,3 +212,7 @@ def test_a_failed_handshake_closes_the_connection_and_is_logged(server: Server) 
         assert raw.recv(4096) == b""
     assert len(server.wait_for("tls_handshake_failed", 2)) == 2
     assert spooled(server.spool) == []
+    # Each dropped connection is over for the worker too: its session place is free.
+    opened = {e["connection"] for e in server.events("connection_open")}
+    closed = server.wait_for("connection_close", len(opened), timeout=10)
+    assert {e["connection"] for e in closed} == opened
