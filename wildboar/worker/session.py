@@ -309,9 +309,9 @@ class Session(asyncio.Protocol):
             self._refuse_proxied(event.reason, self.client_ip)
             return
         assert isinstance(event, proxy.ProxyHeader)
-        relayed = event.command is proxy.Command.PROXY and event.source is not None
-        if relayed and event.source is not None and event.destination is not None:
-            source, destination = event.source, event.destination
+        source, destination = event.source, event.destination
+        relayed = event.command is proxy.Command.PROXY and source is not None
+        if relayed and source is not None and destination is not None:
             family: R.Family = "ipv4" if event.family is proxy.Family.TCP4 else "ipv6"
             client = (str(source.ip), source.port)
             self.client_ip = client[0]
@@ -371,7 +371,7 @@ class Session(asyncio.Protocol):
             )
             transport.abort()
             return
-        if secure is None:
+        if secure is None or self.closed or self.conn.state is not smtp.State.TLS:
             return  # the connection was lost meanwhile
         self.transport = secure
         self._tls_established(secure)
