@@ -70,7 +70,18 @@ def test_two_hosts_lose_no_250_when_a_cluster_node_stops(
             wait_accepted(loads, 50)
             first.stop()  # the node host A's workers publish through
             before = [len(load.accepted) for load in loads]
-            wait_accepted(loads, max(before) + 50)
+            try:
+                wait_accepted(loads, max(before) + 50)
+            except AssertionError as stalled:  # say what the brokers did, for the next look
+                events = [
+                    (name, r["event"], r.get("broker"), r.get("why"))
+                    for name, server in (("A", a), ("B", b))
+                    for r in server.logs
+                    if str(r.get("event", "")).startswith("amqp_")
+                ]
+                raise AssertionError(
+                    f"{stalled}; before the stop {before}; {events[-40:]}"
+                ) from stalled
         accepted = load_a.accepted + load_b.accepted
         lost = [r for s in servers for r in s.logs if r.get("event") == "amqp_connection_lost"]
         assert lost, "no worker lost its broker: the test proved nothing"
