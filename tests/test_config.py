@@ -349,9 +349,6 @@ def test_a_proxy_protocol_listener_names_its_proxies(tmp_path: Path) -> None:
     cases = {
         "": "proxy_protocol needs trusted_proxies",
         'trusted_proxies = ["10.0.0.0/33"]\n': "trusted_proxies",
-        'trusted_proxies = ["10.0.0.0/8"]\ntls = "implicit"\ncertificate = "/c"\nkey = "/k"\n': (
-            "not supported yet"
-        ),
     }
     path = tmp_path / "wildboar.toml"
     for extra, message in cases.items():

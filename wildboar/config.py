@@ -78,11 +78,6 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"listener {self.name}: trusted_proxies: {error}") from None
         if self.proxy_protocol and not self.trusted_proxies:
             raise ValueError(f"listener {self.name}: proxy_protocol needs trusted_proxies")
-        if self.proxy_protocol and self.tls == "implicit":
-            raise ValueError(
-                f"listener {self.name}: proxy_protocol with tls = 'implicit' is not supported"
-                " yet: terminate TLS at the proxy (send-proxy-v2-ssl), or use starttls"
-            )
         certificates, keys = self.certificates, self.keys
         if self.tls != "none" and not certificates:
             raise ValueError(f"listener {self.name}: tls = {self.tls!r} needs a certificate")

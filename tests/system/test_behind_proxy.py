@@ -7,27 +7,41 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .. import haproxy
+from .. import haproxy, unprivileged
+from . import certificates
 from .harness import Server, serving, spooled
 
 CLIENT = "127.0.0.2"
 
 
+@pytest.fixture(scope="module")
+def certificate() -> Iterator[tuple[Path, Path]]:
+    with unprivileged.spool_directory() as directory:
+        yield certificates.make(directory, "mx.test.example")
+
+
 @pytest.fixture
-def server(spool_dir: Path) -> Iterator[Server]:
+def server(spool_dir: Path, certificate: tuple[Path, Path]) -> Iterator[Server]:
+    cert, key = certificate
     config = spool_dir.parent / "wildboar.toml"
+    proxied = 'proxy_protocol = true\ntrusted_proxies = ["127.0.0.1/32"]\n'
+    tls = f'certificate = "{cert}"\nkey = "{key}"\n'
     config.write_text(
         '[recipients]\ndomains = ["example.org"]\n\n'
-        '[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 0\nproxy_protocol = true\n'
-        'trusted_proxies = ["127.0.0.1/32"]\n\n'
+        f'[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 0\n{proxied}\n'
         '[[listen]]\nname = "elsewhere"\nhost = "127.0.0.1"\nport = 0\nproxy_protocol = true\n'
-        'trusted_proxies = ["192.0.2.0/24"]\n'
+        'trusted_proxies = ["192.0.2.0/24"]\n\n'
+        f'[[listen]]\nname = "smtps"\nhost = "127.0.0.1"\nport = 0\ntls = "implicit"\n{tls}'
+        f"{proxied}\n"
+        f'[[listen]]\nname = "submission"\nhost = "127.0.0.1"\nport = 0\ntls = "starttls"\n'
+        f"require_tls = true\n{tls}{proxied}"
     )
     env = {"WILDBOAR_TIMEOUTS_HANDSHAKE": "1"}
     with serving(spool_dir, "--config", str(config), listen=(), workers=2, env=env) as up:
@@ -39,9 +53,20 @@ def port(server: Server, name: str) -> int:
     return int(next(e["port"] for e in found if e["name"] == name))
 
 
-def send_from(address: tuple[str, int], subject: str) -> dict[str, tuple[int, bytes]]:
-    with smtplib.SMTP(timeout=30, source_address=(CLIENT, 0)) as client:
-        client.connect(*address)
+def send_from(
+    address: tuple[str, int], subject: str, *, tls: bool = False
+) -> dict[str, tuple[int, bytes]]:
+    """One message from CLIENT to ``address``, over TLS from the first octet if ``tls``."""
+    client: smtplib.SMTP
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        client = smtplib.SMTP_SSL(*address, timeout=30, source_address=(CLIENT, 0), context=context)
+    else:
+        client = smtplib.SMTP(*address, timeout=30, source_address=(CLIENT, 0))
+    with client:
+        client.ehlo("client.example")
+        assert not client.has_extn("starttls")  # TLS already, or not on this listener
         body = f"Subject: {subject}\r\n\r\nthrough the proxy\r\n".encode()
         return client.sendmail("a@example.net", ["b@example.org"], body)
 
@@ -102,3 +127,59 @@ def test_a_header_from_an_untrusted_address_is_refused(server: Server) -> None:
     [refused] = server.wait_for("proxy_refused")
     assert refused["reason"] == "not a trusted proxy" and refused["remote"] == "127.0.0.1"
     assert spooled(server.spool) == []
+
+
+def test_implicit_tls_behind_a_tcp_proxy_reads_the_header_first(server: Server) -> None:
+    """HAProxy relays TCP (TLS passes through) with a v2 header in front: wildboar reads
+    the header, then does the handshake itself; the record has both facts."""
+    target = ("127.0.0.1", port(server, "smtps"))
+    with haproxy.HAProxy([haproxy.Route("mx", target, "send-proxy-v2")]) as proxy:
+        front = proxy.address("mx")
+        assert isinstance(front, tuple)
+        assert send_from(front, "implicit", tls=True) == {}
+    [record] = spooled(server.spool)
+    assert record.connection.remote.address == CLIENT
+    assert record.connection.tls and record.connection.tls_version in ("TLSv1.2", "TLSv1.3")
+    assert "with ESMTPS" in record.email.received and f"[{CLIENT}]" in record.email.received
+
+
+@pytest.mark.parametrize("listener", ["smtp", "submission"])
+def test_tls_ended_at_the_proxy_is_the_sessions_tls(server: Server, listener: str) -> None:
+    """HAProxy terminates TLS and says so in the SSL TLV (version, cipher): the session
+    counts as TLS (Received ``with ESMTPS``, the record's TLS fields as HAProxy gave them);
+    STARTTLS is not offered, and a listener's require_tls is met."""
+    target = ("127.0.0.1", port(server, listener))
+    options = "send-proxy-v2 proxy-v2-options ssl,ssl-cipher"
+    with haproxy.HAProxy([haproxy.Route("mx", target, options, tls=True)]) as proxy:
+        front = proxy.address("mx")
+        assert isinstance(front, tuple)
+        assert send_from(front, listener, tls=True) == {}
+    [record] = spooled(server.spool)
+    connection = record.connection
+    assert connection.remote.address == CLIENT
+    assert connection.tls and connection.tls_version == "TLSv1.3"
+    assert connection.tls_cipher and connection.tls_cipher.startswith("TLS_")
+    assert f"(using TLSv1.3 with cipher {connection.tls_cipher})" in record.email.received
+    assert "with ESMTPS" in record.email.received
+    [relayed] = server.wait_for("tls_relayed")
+    assert relayed["version"] == "TLSv1.3"
+
+
+def test_starttls_behind_a_tcp_proxy(server: Server) -> None:
+    """The header, then plaintext SMTP, then STARTTLS with wildboar itself."""
+    target = ("127.0.0.1", port(server, "submission"))
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with haproxy.HAProxy([haproxy.Route("mx", target, "send-proxy")]) as proxy:
+        front = proxy.address("mx")
+        assert isinstance(front, tuple)
+        with smtplib.SMTP(*front, timeout=30, source_address=(CLIENT, 0)) as client:
+            code, _ = client.mail("a@example.net")
+            assert code == 530  # require_tls
+            client.rset()
+            client.starttls(context=context)
+            body = b"Subject: starttls\r\n\r\nthrough the proxy\r\n"
+            assert client.sendmail("a@example.net", ["b@example.org"], body) == {}
+    [record] = spooled(server.spool)
+    assert record.connection.remote.address == CLIENT and record.connection.tls
+    assert "with ESMTPS" in record.email.received

@@ -4,8 +4,6 @@ handshakes that fail."""
 
 from __future__ import annotations
 
-import os
-import pwd
 import socket
 import ssl
 import subprocess
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from .. import unprivileged
+from . import certificates
 from .harness import Server, serving, spooled
 
 HOST = "mx.test.example"
@@ -23,22 +22,9 @@ HOST = "mx.test.example"
 
 @pytest.fixture(scope="module")
 def certificate() -> Iterator[tuple[Path, Path]]:
-    """A self-signed certificate for mx.test.example and its key, readable by the workers'
-    user (the key would be 0640 root:wildboar in an installation)."""
+    """A self-signed certificate for mx.test.example and its key."""
     with unprivileged.spool_directory() as directory:
-        cert, key = directory / "cert.pem", directory / "key.pem"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-             "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}"],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-        if unprivileged.AS_ROOT:
-            entry = pwd.getpwnam(unprivileged.USER)
-            for path in (cert, key):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-        yield cert, key
+        yield certificates.make(directory, HOST, stem="cert")
 
 
 @pytest.fixture

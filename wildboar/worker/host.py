@@ -85,10 +85,6 @@ class Host(Protocol[S_contra]):
 
     def clock(self) -> float: ...
 
-    def proxies(self, listener: str) -> tuple[IPNetwork, ...] | None:
-        """The networks a PROXY protocol listener takes headers from; None: not one."""
-        ...
-
     def tls(self, listener: str) -> ListenerTls | None:
         """The listener's TLS (mode, context, whether required), or None."""
         ...

@@ -19,17 +19,18 @@ import json
 import os
 import signal
 import socket
+import ssl
 from collections import Counter
 from typing import Literal
 
 from .. import message as M
+from .. import proxy, smtp
 from .. import record as R
-from .. import smtp
 from ..config import Config, serving_warnings
 from ..handoff.base import Delivery, Handoff, combine
 from ..handoff.lmtp import LmtpHandoff
 from ..policy import RecipientPolicy
-from . import tls
+from . import proxied, tls
 from .content import Budget, content_directory
 from .host import IPNetwork
 from .logs import add_sink, flush, log
@@ -100,9 +101,6 @@ class Worker:
 
     def tls(self, listener: str) -> tls.ListenerTls | None:
         return self._tls.get(listener)
-
-    def proxies(self, listener: str) -> tuple[IPNetwork, ...] | None:
-        return self._proxies.get(listener)
 
     # --- running -------------------------------------------------------------------
 
@@ -179,15 +177,26 @@ class Worker:
         ip = _ip_of(conn)
         limits = self.config.sessions
         full = len(self.sessions) >= limits.per_worker or self.per_ip[ip] >= limits.per_client_ip
-        session = Session(self, name, TOO_MANY_SESSIONS if full else None, _spoke_first(conn))
+        # A client that talks before the greeting is refused; on a listener that reads a
+        # PROXY header or starts with TLS, the first octets are not the client's SMTP.
+        early = name not in self._proxies and self._implicit(name) is None and _spoke_first(conn)
+        session = Session(self, name, TOO_MANY_SESSIONS if full else None, early)
         self.sessions.add(session)
         self.per_ip[ip] += 1
         session.client_ip = session.counted_ip = ip
         self.loop.create_task(self._connect(session, conn))
 
+    def _implicit(self, listener: str) -> ssl.SSLContext | None:
+        setup = self._tls.get(listener)
+        return setup.context if setup is not None and setup.mode == "implicit" else None
+
     async def _connect(self, session: Session, conn: socket.socket) -> None:
-        setup = self._tls.get(session.listener)
-        implicit = setup.context if setup is not None and setup.mode == "implicit" else None
+        implicit = self._implicit(session.listener)
+        proxies = self._proxies.get(session.listener)
+        if proxies is not None and not await self._read_proxy_header(session, conn, proxies):
+            self.session_closed(session)
+            conn.close()
+            return
         try:
             # Implicit TLS (RFC 8314): the handshake before the session, then the greeting.
             await self.loop.connect_accepted_socket(
@@ -208,6 +217,36 @@ class Worker:
                 )
             self.session_closed(session)
             conn.close()
+
+    async def _read_proxy_header(
+        self, session: Session, conn: socket.socket, proxies: tuple[IPNetwork, ...]
+    ) -> bool:
+        """The PROXY header from a trusted proxy, before the greeting and before TLS
+        (docs/proxy.md); whether the session goes on. Anything else closes the connection
+        with the reason logged and no SMTP reply."""
+        peer = _ip_of(conn)
+        if not proxied.trusted(peer, proxies):
+            header: proxy.ProxyHeader | proxy.ProxyError = proxy.ProxyError("not a trusted proxy")
+        else:
+            header = await proxied.read_header(
+                self.loop, conn, timeout=self.config.timeouts.handshake
+            )
+        if isinstance(header, proxy.ProxyError):
+            log("proxy_refused", level=30, connection=session.id, server=self.id, remote=peer,
+                reason=header.reason)  # fmt: skip
+            return False
+        session.proxied(header)
+        if self._implicit(session.listener) is None:
+            session.spoke_first = _spoke_first(conn)
+        log(
+            "proxy_header",
+            connection=session.id,
+            server=self.id,
+            version=header.version,
+            relayed=header.command is proxy.Command.PROXY and header.source is not None,
+            remote=str(header.source.ip) if header.source is not None else peer,
+        )
+        return True
 
     def session_closed(self, session: Session) -> None:
         if session in self.sessions:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 from typing import Any, cast
 
@@ -88,19 +87,12 @@ class Session(asyncio.Protocol):
         config = host.config
         tls = host.tls(listener)
         self.tls_mode = tls.mode if tls is not None else "none"
-        self.conn = smtp.ServerConnection(
-            config.hostname,
-            limits=config.limits,
-            extensions=host.extensions,
-            tls=self.tls_mode == "implicit",
-            starttls=self.tls_mode == "starttls",
-            require_tls=tls is not None and tls.require,
-        )
+        self.require_tls = tls is not None and tls.require
+        self.conn = self._core(tls=self.tls_mode == "implicit")
         #: The TLS session's protocol version and cipher, once there is one.
         self.tls_info: tuple[str, str] | None = None
-        #: Behind a proxy: the trusted networks, and the header's reader until it is read.
-        self.proxy_networks = host.proxies(listener)
-        self.proxy = proxy.ProxyParser() if self.proxy_networks is not None else None
+        #: Behind a proxy: the header the worker read before the connection was made.
+        self.relayed: proxy.ProxyHeader | None = None
         self.counted_ip = ""  # the address the worker counts this session under
         self.id = M.new_urn()
         self.created = R.now()
@@ -129,6 +121,16 @@ class Session(asyncio.Protocol):
         self.closed = False
         self.messages = 0
 
+    def _core(self, *, tls: bool) -> smtp.ServerConnection:
+        return smtp.ServerConnection(
+            self.host.config.hostname,
+            limits=self.host.config.limits,
+            extensions=self.host.extensions,
+            tls=tls,
+            starttls=self.tls_mode == "starttls",
+            require_tls=self.require_tls,
+        )
+
     # --- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,13 +145,21 @@ class Session(asyncio.Protocol):
             family = "ipv4"
             peer = (peer[0].removeprefix("::ffff:"), peer[1])
             local = (local[0].removeprefix("::ffff:"), local[1])
+        relayed = self.relayed
+        fields: dict[str, Any] = {}
+        if relayed is not None:
+            fields["proxy"] = peer[0]
+            if relayed.command is proxy.Command.PROXY and relayed.source is not None:
+                assert relayed.destination is not None
+                family = "ipv4" if relayed.family is proxy.Family.TCP4 else "ipv6"
+                peer = (str(relayed.source.ip), relayed.source.port)
+                local = (str(relayed.destination.ip), relayed.destination.port)
         self.client_ip = peer[0]
         self.record = R.build_connection(family, peer, local, id=self.id, when=self.created)
         if self.tls_mode == "implicit":
             self._tls_established(transport)
-        if self.proxy is not None:
-            self._expect_proxy_header(peer[0])
-            return
+        elif relayed is not None and relayed.tlvs.ssl is not None and relayed.tlvs.ssl.tls:
+            self._tls_relayed(relayed.tlvs.ssl)
         self._touch()
         log(
             "connection_open",
@@ -158,14 +168,12 @@ class Session(asyncio.Protocol):
             listener=self.listener,
             remote=peer[0],
             remote_port=peer[1],
+            **fields,
         )
         if not self.spoke_first:
             self._process()  # the greeting; else after the first data_received
 
     def data_received(self, data: bytes) -> None:
-        if self.proxy is not None:
-            self._proxy_data(data)
-            return
         self.conn.receive_data(data)
         self._process()
 
@@ -290,60 +298,26 @@ class Session(asyncio.Protocol):
 
     # --- behind a proxy (PROXY protocol) ------------------------------------------------
 
-    def _expect_proxy_header(self, peer: str) -> None:
-        networks = self.proxy_networks or ()
-        if not any(ipaddress.ip_address(peer) in network for network in networks):
-            self._refuse_proxied("not a trusted proxy", peer)
-            return
-        self.deadline = self.host.clock() + self.host.config.timeouts.handshake
+    def proxied(self, header: proxy.ProxyHeader) -> None:
+        """The header a trusted proxy sent (read by the worker before the connection is
+        made): the client it names is this session's client, for logs, limits, Received
+        and the record. A proxy that terminated TLS (an SSL TLV saying the client used it)
+        makes the session a TLS one: STARTTLS is not offered, ``require_tls`` is met."""
+        self.relayed = header
+        ssl = header.tlvs.ssl
+        if ssl is not None and ssl.tls and self.tls_mode != "implicit":
+            self.conn = self._core(tls=True)
 
-    def _proxy_data(self, data: bytes) -> None:
-        parser = self.proxy
-        assert parser is not None
-        parser.receive_data(data)
-        event = parser.next_event()
-        if event is proxy.NEED_DATA:
-            return
-        self.proxy = None
-        if isinstance(event, proxy.ProxyError):
-            self._refuse_proxied(event.reason, self.client_ip)
-            return
-        assert isinstance(event, proxy.ProxyHeader)
-        source, destination = event.source, event.destination
-        relayed = event.command is proxy.Command.PROXY and source is not None
-        if relayed and source is not None and destination is not None:
-            family: R.Family = "ipv4" if event.family is proxy.Family.TCP4 else "ipv6"
-            client = (str(source.ip), source.port)
-            self.client_ip = client[0]
-            self.record = R.build_connection(
-                family,
-                client,
-                (str(destination.ip), destination.port),
-                id=self.id,
-                when=self.created,
+    def _tls_relayed(self, ssl: proxy.SslInfo) -> None:
+        """TLS between the client and the proxy: its version and cipher as the proxy says."""
+        self.tls_info = (ssl.version or "", ssl.cipher or "")
+        version, cipher = self.tls_info
+        if self.record is not None:
+            self.record = msgspec.structs.replace(
+                self.record, tls=True, tls_version=version or None, tls_cipher=cipher or None
             )
-        log(
-            "proxy_header",
-            connection=self.id,
-            server=self.host.id,
-            version=event.version,
-            relayed=relayed,
-            remote=self.client_ip,
-        )
-        # What the client sent behind the header (before our greeting): the core sees it
-        # before it greets, and answers it as any client speaking first.
-        if event.rest:
-            self.conn.receive_data(event.rest)
-        self._touch()
-        self._process()
-
-    def _refuse_proxied(self, why: str, peer: str) -> None:
-        """A connection without a header from a trusted proxy: closed, no SMTP reply."""
-        log("proxy_refused", level=30, connection=self.id, server=self.host.id, remote=peer,
-            reason=why)  # fmt: skip
-        self.proxy = None
-        if self.transport is not None:
-            self.transport.abort()
+        log("tls_relayed", connection=self.id, server=self.host.id, version=version,
+            cipher=cipher)  # fmt: skip
 
     async def _start_tls(self) -> None:
         """The handshake after our 220 (the core's StartTls): the same protocol object on
@@ -656,9 +630,6 @@ class Session(asyncio.Protocol):
         A session whose connection is not made yet is left alone: it is shut down on a
         later call, after its greeting question exists."""
         if self.closed or self.delivering is not None or self.transport is None:
-            return
-        if self.proxy is not None:  # no header yet: no SMTP reply either
-            self._refuse_proxied("no PROXY header in time", self.client_ip)
             return
         if self.shutdown_at is not None:
             # Asked again a second or more later: the reply is still not out, the client
