@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from . import hygiene, relay
 from .arbiter import Arbiter
 from .exits import EXIT_FAILURE, EXIT_INTERRUPTED, StartupError
+from .files import PassedFiles
 from .log import WRITER, log
 from .notify import Notifier
 from .options import PROG, Options, parse_options
@@ -67,6 +68,7 @@ class Started:
     listeners: list[Listener]
     notifier: Notifier
     privileges: tuple[str, dict[str, object]]
+    files: PassedFiles
 
 
 def _start(argv: Sequence[str]) -> Started:
@@ -75,11 +77,14 @@ def _start(argv: Sequence[str]) -> Started:
     if running_as_root():
         lookup_identity(options.user, options.group)  # an unknown user fails before binding
     listeners = _take_listeners(options)
+    files = PassedFiles(options.pass_files)
+    files.load()  # as root, if started so: a key file may be root's alone
     notifier = Notifier(os.environ)
     privileges = _drop_if_root(options)
     hygiene.drop_capabilities()
+    hygiene.not_dumpable()
     _check_worker_command(options.worker_command)
-    return Started(options, listeners, notifier, privileges)
+    return Started(options, listeners, notifier, privileges, files)
 
 
 def _prepare_process() -> None:
@@ -119,7 +124,7 @@ def run(argv: Sequence[str]) -> int:
     options = started.options
     log("started", pid=os.getpid(), workers=options.workers, command=list(options.worker_command))
     environment = hygiene.worker_environment(os.environ, options.pass_env)
-    arbiter = Arbiter(options, started.listeners, started.notifier, environment)
+    arbiter = Arbiter(options, started.listeners, started.notifier, environment, started.files)
     try:
         return arbiter.run()
     finally:

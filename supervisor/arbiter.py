@@ -39,6 +39,7 @@ from typing import Final
 
 from . import control
 from .exits import EXIT_FAILURE, EXIT_OK, WORKER_BOOT_ERROR
+from .files import PassedFiles
 from .log import WRITER, log
 from .notify import Notifier
 from .options import Options
@@ -167,8 +168,10 @@ class Arbiter:
         listeners: Sequence[Listener],
         notifier: Notifier,
         env: Mapping[str, str],
+        files: PassedFiles | None = None,
     ) -> None:
         self._options = options
+        self._files = files if files is not None else PassedFiles(())
         self._listeners = listeners
         self._notifier = notifier
         self._env = env
@@ -484,16 +487,18 @@ class Arbiter:
         self._seq += 1
         command, listeners = self._options.worker_command, self._listeners
         try:
-            worker = spawn(
-                command,
-                listeners,
-                self._env,
-                index=index,
-                seq=self._seq,
-                generation=self._generation,
-                now=now,
-                journal=self._journal,
-            )
+            with self._files.descriptors() as files:
+                worker = spawn(
+                    command,
+                    listeners,
+                    self._env,
+                    index=index,
+                    seq=self._seq,
+                    generation=self._generation,
+                    now=now,
+                    journal=self._journal,
+                    files=files,
+                )
         except OSError as error:
             reason = f"cannot start the worker command {command[0]!r}: {error}"
             if not self._announced_ready:
@@ -550,6 +555,10 @@ class Arbiter:
         self._notifier.status(f"reload failed: {reason}")
 
     def _handle_hup(self, now: float) -> None:
+        # The new workers get the files as they are now (a renewed certificate), or as
+        # they were when one can no longer be read.
+        for path, reason in self._files.reload():
+            log("pass_file_kept", "warning", path=path, reason=reason)
         self._generation += 1
         self._reloading = True
         self._notifier.reloading()

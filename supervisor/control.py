@@ -1,10 +1,10 @@
 """The control channel between the supervisor and one worker (docs/architecture.md).
 
-Owns: the ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair, the encoding of the supervisor's messages
-(``sockets`` with the listening sockets as ``SCM_RIGHTS``, ``drain``) and the parsing of the
-worker's (``ready`` with its pid and drain deadline, ``heartbeat``, ``stopping``) into
-frozen values. One message is one JSON
-object of at most 64 KiB.
+Owns: the ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair, the encoding of the supervisor's
+messages (``sockets`` with the listening sockets and the passed files as ``SCM_RIGHTS``,
+``drain``) and the parsing of the worker's (``ready`` with its pid and drain deadline,
+``heartbeat``, ``stopping``) into frozen values. One message is one JSON object of at most
+64 KiB.
 Must not know: what the supervisor does with a message.
 SECURITY: the worker is unprivileged and not trusted. A message that is too long, nested
 deeper than ``MAX_DEPTH`` (checked before it is parsed: the parser recurses), not JSON, not
@@ -74,11 +74,18 @@ def _encode(message: dict[str, object]) -> bytes:
 
 
 def send_sockets(
-    channel: socket.socket, names: Sequence[str], fds: Sequence[int], worker: int
+    channel: socket.socket,
+    names: Sequence[str],
+    fds: Sequence[int],
+    worker: int,
+    files: Sequence[tuple[str, int]] = (),
 ) -> None:
-    """The first message: socket names, with the sockets in the same order as SCM_RIGHTS."""
-    message = _encode({"type": "sockets", "names": list(names), "worker": worker})
-    socket.send_fds(channel, [message], list(fds))
+    """The first message: socket names, with the sockets in the same order as SCM_RIGHTS,
+    then the passed files (``files``: their paths, their descriptors after the sockets')."""
+    fields: dict[str, object] = {"type": "sockets", "names": list(names), "worker": worker}
+    if files:
+        fields["files"] = [path for path, _ in files]
+    socket.send_fds(channel, [_encode(fields)], [*fds, *(fd for _, fd in files)])
 
 
 def send_drain(channel: socket.socket, deadline: float) -> bool:

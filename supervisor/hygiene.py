@@ -4,7 +4,7 @@ Owns: closing every descriptor the supervisor inherited but the standard three a
 ``LISTEN_FDS`` (``close_inherited``), the workers' environment (``worker_environment``: an
 allow-list, not a deny-list), and leaving no capability behind (``drop_capabilities``: the
 ambient and inheritable sets cleared, permitted and effective emptied, ``no_new_privs``
-set, then proof from ``/proc/self/status``).
+set, then proof from ``/proc/self/status``), and ``not_dumpable``.
 Must not know: users and groups (``privileges``), sockets (``sockets``).
 SECURITY: a descriptor root opened before starting wildboar (a file of ``/etc/shadow`` in
 the audit) would otherwise stay open in a process of the unprivileged user, and so would
@@ -43,6 +43,7 @@ ALLOWED_PREFIXES: Final = ("LC_", "WILDBOAR_")
 #: The workers' PATH, whatever root's was (a directory of root's own, ~/.local/bin, ...).
 WORKER_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+_PR_SET_DUMPABLE: Final = 4
 _PR_SET_NO_NEW_PRIVS: Final = 38
 _PR_CAP_AMBIENT: Final = 47
 _PR_CAP_AMBIENT_CLEAR_ALL: Final = 4
@@ -144,3 +145,11 @@ def drop_capabilities() -> None:
         raise StartupError(f"capabilities remain after dropping them ({sets}): not serving")
     if status.get("NoNewPrivs") != "1":
         raise StartupError("no_new_privs is not set: not serving")
+
+
+def not_dumpable() -> None:
+    """No process of the same user (a compromised worker) may ptrace the supervisor or
+    read its memory through ``/proc``: it holds every worker's TLS keys (``files``). The
+    kernel does this by itself when root drops to another user; under systemd, which
+    starts the supervisor as that user, it does not. Best effort: a failure is ignored."""
+    _prctl(_PR_SET_DUMPABLE, 0)

@@ -2,7 +2,7 @@
 
 ``python -m supervisor [--listen [NAME=]HOST:PORT]... [--workers N] [--workers-max N]
 [--user U] [--group G] [--drain-timeout S] [--heartbeat-timeout S] [--boot-timeout S]
-[--pass-env NAME]... [-- WORKER_COMMAND...]``
+[--pass-env NAME]... [--pass-file PATH]... [-- WORKER_COMMAND...]``
 
 Owns: parsing and validating the flags into one frozen ``Options``; the defaults.
 Must not know: what the worker command does with its own flags.
@@ -89,6 +89,9 @@ class Options:
     worker_command: tuple[str, ...]
     #: Variables the workers get besides the allow-list (``NAME``, or a prefix ``NAME*``).
     pass_env: tuple[str, ...] = ()
+    #: Files read by the supervisor (at start, as root if started so, and at every HUP)
+    #: and given to every worker with the sockets: TLS certificates and keys.
+    pass_files: tuple[str, ...] = ()
 
 
 def _split_host_port(address: str) -> tuple[str, str]:
@@ -137,6 +140,12 @@ def _positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
     return int(value)
+
+
+def _absolute_path(value: str) -> str:
+    if not os.path.isabs(value) or "\0" in value or "\n" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an absolute path")
+    return value
 
 
 def _env_name(value: str) -> str:
@@ -205,6 +214,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="pass this variable (NAME* for a prefix) to workers too (repeatable)",
     )
+    add(
+        "--pass-file",
+        type=_absolute_path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="read this file and give workers a sealed copy (repeatable; TLS keys)",
+    )
     add("--user", default=DEFAULT_USER, help="user to run as when started as root")
     add("--group", default=DEFAULT_GROUP, help="group to run as when started as root")
     add(
@@ -253,6 +270,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         workers=args.workers,
         workers_max=workers_max,
         pass_env=tuple(args.pass_env),
+        pass_files=tuple(args.pass_file),
         user=args.user,
         group=args.group,
         drain_timeout=args.drain_timeout,

@@ -8,7 +8,8 @@ SECURITY: a worker starts with ``posix_spawn`` in a session of its own (``setsid
 controlling terminal), every signal unblocked and at its default, and exactly these
 descriptors: ``/dev/null`` as stdin, a pipe of its own as stdout and stderr (read by the
 supervisor, so no worker ever holds the supervisor's terminal, journal stream or log file),
-and its end of the control channel; the listening sockets reach it only over that channel
+and its end of the control channel; the listening sockets (and the sealed copies of the
+``--pass-file`` files) reach it only over that channel
 (every other descriptor of the supervisor is close-on-exec). Its environment is the
 allow-list given by the caller. Its pid is the one ``posix_spawn`` returned, never the one
 it claims. What it writes is cut into lines of at most ``MAX_LINE`` octets, read at most
@@ -141,6 +142,7 @@ def spawn(
     generation: int,
     now: float,
     journal: bool = False,
+    files: Sequence[tuple[str, int]] = (),
 ) -> Worker:
     """Start one worker and send it the sockets; ``OSError`` if the command cannot start.
 
@@ -165,7 +167,8 @@ def spawn(
     worker = Worker(index, seq, generation, Process(pid), ours, reader, now)
     try:
         names = [listener.name for listener in listeners]
-        control.send_sockets(ours, names, [listener.sock.fileno() for listener in listeners], index)
+        fds = [listener.sock.fileno() for listener in listeners]
+        control.send_sockets(ours, names, fds, index, files)
     except OSError:
         pass  # it died at once: it is reaped like any other, and counts as a boot failure
     return worker

@@ -53,8 +53,10 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: TLS on this listener: none, starttls (offered after EHLO, RFC 3207) or implicit (a
     #: TLS handshake before the greeting, RFC 8314: submissions on 465).
     tls: Literal["none", "starttls", "implicit"] = "none"
-    #: PEM certificate chains (one file each, or a list: an RSA and an ECDSA one, say) and
-    #: their private keys, in the same order; needed when tls is not none.
+    #: PEM certificate chains (one file each, or a list: an RSA and an ECDSA one, or one
+    #: per name, chosen by SNI) and their private keys, in the same order; needed when tls
+    #: is not none. Read by the supervisor (so a key may be root's alone) and re-read at
+    #: HUP; "credential:NAME" is systemd's LoadCredential=NAME:PATH (docs/tls.md).
     certificate: str | list[str] = ""
     key: str | list[str] = ""  # the private keys of certificate, in its order
     #: The oldest TLS version taken.
@@ -78,7 +80,10 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"listener {self.name}: trusted_proxies: {error}") from None
         if self.proxy_protocol and not self.trusted_proxies:
             raise ValueError(f"listener {self.name}: proxy_protocol needs trusted_proxies")
-        certificates, keys = self.certificates, self.keys
+        try:
+            certificates, keys = self.certificates, self.keys
+        except ValueError as error:
+            raise ValueError(f"listener {self.name}: {error}") from None
         if self.tls != "none" and not certificates:
             raise ValueError(f"listener {self.name}: tls = {self.tls!r} needs a certificate")
         if len(certificates) != len(keys):
@@ -110,8 +115,28 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return _paths(self.key)
 
 
+#: ``credential:NAME`` in a listener's certificate or key: the file systemd's
+#: ``LoadCredential=NAME:PATH`` put in the service's credentials directory.
+CREDENTIAL_PREFIX = "credential:"
+#: Where systemd puts wildboar.service's credentials, when ``$CREDENTIALS_DIRECTORY`` (set
+#: for the service's processes) is not: ``wildboar check-config`` run by hand.
+CREDENTIALS_DEFAULT = "/run/credentials/wildboar.service"
+_CREDENTIAL = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+
+
+def credential_path(value: str) -> str:
+    """The file a certificate or key setting names (``credential:NAME`` resolved)."""
+    if not value.startswith(CREDENTIAL_PREFIX):
+        return value
+    name = value.removeprefix(CREDENTIAL_PREFIX)
+    if not _CREDENTIAL.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"{value!r}: a credential's name is letters, digits, '_', '.', '-'")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY") or CREDENTIALS_DEFAULT
+    return os.path.join(directory, name)
+
+
 def _paths(value: str | list[str]) -> list[str]:
-    return [p for p in ([value] if isinstance(value, str) else value) if p]
+    return [credential_path(p) for p in ([value] if isinstance(value, str) else value) if p]
 
 
 def default_hostname() -> str:

@@ -58,6 +58,11 @@ def supervisor_command(config: C.Config, args: argparse.Namespace) -> list[str]:
     command += ["--group", config.group, "--drain-timeout", str(config.timeouts.drain)]
     if config.workers_max is not None:
         command += ["--workers-max", str(config.workers_max)]
+    # TLS certificates and keys are read by the supervisor (as root, if it starts so) and
+    # again at every HUP, and given to each worker (docs/tls.md): the key file need not
+    # be readable by the workers' user.
+    for path in dict.fromkeys(p for lst in config.listen for p in (*lst.certificates, *lst.keys)):
+        command += ["--pass-file", path]
     # Workers load the configuration themselves (again at every HUP): only flags are
     # passed on, so that a value from the file or the environment can change on reload.
     # They run in /, and take relative paths from where serve was started.

@@ -22,6 +22,7 @@ import resource
 import socket
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import msgspec
 import uvloop
@@ -48,6 +49,7 @@ from .tls import TlsError
 WORKER_BOOT_ERROR = 3
 MAX_CONTROL_MESSAGE = 65536
 MAX_SOCKETS = 64
+MAX_FILES = 32  # the supervisor's --pass-file limit
 
 
 class BootError(Exception):
@@ -82,27 +84,44 @@ def build_handoffs(config: Config) -> list[Handoff]:
     return handoffs
 
 
-def receive_sockets(control: socket.socket) -> list[tuple[str, socket.socket]]:
-    """The supervisor's first message: socket names, and the sockets as SCM_RIGHTS."""
+class Received(NamedTuple):
+    """The supervisor's first message: the listening sockets by name, and the files it
+    read for this worker (``--pass-file``: TLS certificates and keys) by path."""
+
+    listeners: list[tuple[str, socket.socket]]
+    files: dict[str, int]
+
+
+def receive_sockets(control: socket.socket) -> Received:
+    """The supervisor's first message: socket names, and the sockets as SCM_RIGHTS, then
+    the passed files' descriptors, in the order of their paths."""
     control.settimeout(30)
     try:
-        data, fds, _, _ = socket.recv_fds(control, MAX_CONTROL_MESSAGE, MAX_SOCKETS)
+        data, fds, _, _ = socket.recv_fds(control, MAX_CONTROL_MESSAGE, MAX_SOCKETS + MAX_FILES)
     except OSError as error:
         raise BootError(f"no sockets from the supervisor: {error}") from None
     try:
         message = json.loads(data)
         names = [str(name) for name in message["names"]]
+        paths = [str(path) for path in message.get("files", [])]
     except (ValueError, KeyError, TypeError):
+        for fd in fds:
+            os.close(fd)
         raise BootError("malformed first message from the supervisor") from None
-    if message.get("type") != "sockets" or len(names) != len(fds) or not fds:
+    if message.get("type") != "sockets" or len(names) + len(paths) != len(fds) or not names:
+        for fd in fds:
+            os.close(fd)
         raise BootError("the supervisor sent no listening sockets")
     control.setblocking(False)
-    return [(name, socket.socket(fileno=fd)) for name, fd in zip(names, fds, strict=True)]
+    sockets, passed = fds[: len(names)], fds[len(names) :]
+    return Received(
+        [(name, socket.socket(fileno=fd)) for name, fd in zip(names, sockets, strict=True)],
+        dict(zip(paths, passed, strict=True)),
+    )
 
 
-async def run(
-    config: Config, listeners: list[tuple[str, socket.socket]], control: socket.socket | None
-) -> None:
+async def run(config: Config, received: Received, control: socket.socket | None) -> None:
+    listeners = received.listeners
     handoffs = build_handoffs(config)
     for handoff in handoffs:
         try:
@@ -110,9 +129,12 @@ async def run(
         except HandoffStartError as error:
             raise BootError(f"handoff {handoff.name}: {error}") from None
     try:
-        worker = Worker(config, listeners, handoffs, control)
+        worker = Worker(config, listeners, handoffs, control, files=received.files)
     except TlsError as error:
         raise BootError(str(error)) from None
+    finally:
+        for fd in received.files.values():  # read into the TLS contexts, or not needed
+            os.close(fd)
     await worker.run()
 
 
@@ -184,10 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = fit_descriptors(config)
     try:
         control = socket.socket(fileno=args.control_fd)
-        listeners = receive_sockets(control)
+        received = receive_sockets(control)
         # uvloop.run came with uvloop 0.18; Debian 12 has 0.17: the same, by asyncio's Runner.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run(config, listeners, control))
+            runner.run(run(config, received, control))
     except BootError as error:
         _say(str(error))
         return WORKER_BOOT_ERROR

@@ -21,6 +21,7 @@ import signal
 import socket
 import ssl
 from collections import Counter
+from collections.abc import Mapping
 from typing import Literal
 
 from .. import message as M
@@ -55,6 +56,8 @@ class Worker:
         listeners: list[tuple[str, socket.socket]],
         handoffs: list[Handoff],
         control: socket.socket | None,
+        *,
+        files: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self.listeners = listeners
@@ -71,8 +74,9 @@ class Worker:
         # Content beyond sessions.content_memory waits on the disk that holds the mail.
         self.content_directory = content_directory(os.path.join(config.spool.path, "tmp"))
         self.budget = Budget(config.sessions.delivery_memory)
-        # TLS per listener name (docs/tls.md); made again by every worker a HUP starts.
-        self._tls = tls.contexts(config)
+        # TLS per listener name (docs/tls.md); made again by every worker a HUP starts,
+        # from the copies of the files the supervisor read (``files``) where it did.
+        self._tls = tls.contexts(config, files or {})
         # The proxies each PROXY protocol listener takes headers from (docs/proxy.md).
         self._proxies = {
             listener.name: tuple(
