@@ -42,6 +42,18 @@ SERVER_NAME = "mx.example.org"
 CLIENT_NAME = "client.example.org"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
+#: One relay: a frontend and the backend that is wildboar. docs/operations.md shows it
+#: filled in with ``DOCUMENTED`` (tests/test_proxy_docs.py keeps the two equal).
+ROUTE = """\
+frontend {name}
+    mode tcp
+    bind {bind}
+    default_backend {name}_wildboar
+backend {name}_wildboar
+    mode tcp
+    server wildboar {server} {options}
+"""
+DOCUMENTED = {"name": "mx", "bind": ":25", "server": "127.0.0.1:2525", "options": "send-proxy-v2"}
 
 
 class HAProxyError(RuntimeError):
@@ -109,12 +121,12 @@ class HAProxy:
             "    timeout connect 5s",
             "    timeout client 30s",
             "    timeout server 30s",
+            "    unique-id-format %[uuid()]",
         ]
-        for route in self.routes.values():
-            lines += self._route_config(route)
-        return "\n".join(lines) + "\n"
+        routes = "".join(self._route_config(route) for route in self.routes.values())
+        return "\n".join(lines) + "\n" + routes
 
-    def _route_config(self, route: Route) -> list[str]:
+    def _route_config(self, route: Route) -> str:
         address = self.address(route.name)
         if isinstance(address, str):
             bind = f"unix@{address}"
@@ -125,14 +137,8 @@ class HAProxy:
             certs = f"crt {self.dir / 'server.pem'} ca-file {self.dir / 'client-ca.pem'}"
             bind += f" ssl {certs} verify optional"
         server_host, server_port = route.server
-        return [
-            f"frontend fe_{route.name}",
-            f"    bind {bind}",
-            "    unique-id-format %[uuid()]",
-            f"    default_backend be_{route.name}",
-            f"backend be_{route.name}",
-            f"    server s1 {server_host}:{server_port} {route.options}",
-        ]
+        server = f"{server_host}:{server_port}"
+        return ROUTE.format(name=route.name, bind=bind, server=server, options=route.options)
 
     def _make_certificates(self) -> None:
         for name, cn in (("server", SERVER_NAME), ("client", CLIENT_NAME)):

@@ -358,3 +358,16 @@ def test_a_proxy_protocol_listener_names_its_proxies(tmp_path: Path) -> None:
     path.write_text(base + 'trusted_proxies = ["10.0.0.0/8", "::1"]\n')
     [listener] = C.load(file=str(path), environ={}).listen
     assert listener.proxy_protocol and listener.trusted_proxies == ["10.0.0.0/8", "::1"]
+
+
+def test_a_listener_names_its_xclient_hosts(tmp_path: Path) -> None:
+    base = '[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 25\n'
+    path = tmp_path / "wildboar.toml"
+    for bad in ('["10.0.0.0/33"]', '["nginx.example"]', '"127.0.0.1"'):
+        path.write_text(base + f"xclient_hosts = {bad}\n")
+        with pytest.raises(C.ConfigError, match="xclient_hosts"):
+            C.load(file=str(path), environ={})
+    path.write_text(base + 'xclient_hosts = ["127.0.0.1/32", "2001:db8::/32"]\n')
+    [listener] = C.load(file=str(path), environ={}).listen
+    assert listener.xclient_hosts == ["127.0.0.1/32", "2001:db8::/32"]
+    assert C.Listener(host="127.0.0.1", port=25).xclient_hosts == []

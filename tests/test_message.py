@@ -192,6 +192,7 @@ def test_json_keys_are_camel_case_with_from_for_the_sender(message: M.Message) -
         "tls",
         "tlsVersion",
         "tlsCipher",
+        "login",
     }
     assert set(record["transaction"]) == {"id", "creationTime", "heloName", "protocol"}
     assert set(record["email"]) == {

@@ -71,13 +71,13 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     proxy_protocol: bool = False
     #: The networks the proxies connect from (["10.0.0.0/8", "::1/128"]).
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    #: The networks of the proxies that may say who their client is with XCLIENT
+    #: (nginx's mail proxy with "xclient on"; docs/proxy.md): offered to them in EHLO, and
+    #: the client it names is the client from then on; anyone else gets 550 5.7.0.
+    xclient_hosts: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        try:
-            for network in self.trusted_proxies:
-                ipaddress.ip_network(network, strict=False)
-        except ValueError as error:
-            raise ValueError(f"listener {self.name}: trusted_proxies: {error}") from None
+        self._check_networks()
         if self.proxy_protocol and not self.trusted_proxies:
             raise ValueError(f"listener {self.name}: proxy_protocol needs trusted_proxies")
         try:
@@ -101,6 +101,14 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             ipaddress.ip_address(self.host)
         except ValueError:
             raise ValueError(f"host {self.host!r} is not an IP address") from None
+
+    def _check_networks(self) -> None:
+        for key in ("trusted_proxies", "xclient_hosts"):
+            try:
+                for network in getattr(self, key):
+                    ipaddress.ip_network(network, strict=False)
+            except ValueError as error:
+                raise ValueError(f"listener {self.name}: {key}: {error}") from None
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -68,6 +68,8 @@ class Remote(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     family: Literal["ipv4", "ipv6", "unix"]
     address: str
     port: Port | None = None
+    #: The client's host name, when a trusted proxy's XCLIENT NAME gave one.
+    name: str | None = None
 
 
 class Local(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -85,6 +87,9 @@ class Connection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     #: The TLS protocol version and cipher (OpenSSL's names), when it did.
     tls_version: str | None = None
     tls_cipher: str | None = None
+    #: The SASL login the client authenticated as, when a trusted proxy's XCLIENT LOGIN
+    #: gave one (the proxy authenticated it).
+    login: str | None = None
 
 
 class Transaction(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

@@ -76,6 +76,7 @@ def build_message(
         envelope,
         by=server.hostname,
         client_address=connection.remote.address,
+        client_name=connection.remote.name,
         when=when,
         id=message_id.removeprefix("urn:uuid:"),
         tls=(connection.tls_version or "", connection.tls_cipher or "") if connection.tls else None,

@@ -283,6 +283,61 @@ def test_workers_scale_by_the_configuration_and_by_a_drop_in(machine: Container)
     wait_for("2 workers", lambda: workers(machine) == 2)
 
 
+def test_a_root_only_key_by_loadcredential_serves_starttls(
+    machine: Container, tmp_path: Path
+) -> None:
+    """The key stays 0600 root: systemd reads it (LoadCredential=), the supervisor reads
+    the credential and hands the workers copies; STARTTLS on port 25 works, and again
+    after a reload."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(tmp_path / "key"), "-out", str(tmp_path / "cert"),
+         "-days", "2", "-subj", f"/CN=mx.{DOMAIN}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    machine.sh("mkdir -p -m 0700 /etc/ssl/private")
+    machine.write("/etc/ssl/private/mx.key", (tmp_path / "key").read_text())
+    machine.write("/etc/ssl/mx.pem", (tmp_path / "cert").read_text())
+    machine.sh("chown root:root /etc/ssl/private/mx.key && chmod 600 /etc/ssl/private/mx.key")
+    assert machine.run("runuser", "-u", "wildboar", "--", "cat", "/etc/ssl/private/mx.key",
+                       check=False).returncode != 0  # fmt: skip
+    machine.sh(
+        "cp /etc/wildboar/wildboar.toml /root/wildboar.toml.saved"
+        ' && printf \'\n[[listen]]\nname = "smtp"\nhost = "0.0.0.0"\nport = 25\n'
+        'tls = "starttls"\ncertificate = "/etc/ssl/mx.pem"\n'
+        'key = "credential:mx.key"\n\' >> /etc/wildboar/wildboar.toml'
+        " && mkdir -p /etc/systemd/system/wildboar.service.d"
+        " && printf '[Service]\nLoadCredential=mx.key:/etc/ssl/private/mx.key\n'"
+        " > /etc/systemd/system/wildboar.service.d/key.conf"
+        " && systemctl daemon-reload && systemctl restart wildboar.service"
+    )
+    script = (
+        "import smtplib, ssl\n"
+        "c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = 0\n"
+        "with smtplib.SMTP('127.0.0.1', 25, timeout=60) as s:\n"
+        "    s.starttls(context=c)\n"
+        "    print(s.sock.version(), s.sendmail('a@example.net', "
+        f"['user@{DOMAIN}'], {MESSAGE!r}))\n"
+    )
+    try:
+        for _ in range(2):
+            result = subprocess.run(
+                machine.netns(sys.executable, "-c", script),
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr + machine.sh(
+                "journalctl -u wildboar --no-pager -n 30", check=False
+            )
+            assert result.stdout == "TLSv1.3 {}\n"
+            machine.run("systemctl", "reload", "wildboar.service")
+    finally:
+        machine.sh(
+            "mv /root/wildboar.toml.saved /etc/wildboar/wildboar.toml"
+            " && rm -r /etc/systemd/system/wildboar.service.d"
+            " && systemctl daemon-reload && systemctl restart wildboar.service"
+        )
+
+
 def test_reload_and_upgrade_under_load_refuse_nothing_and_lose_nothing(
     machine: Container,
 ) -> None:

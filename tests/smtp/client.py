@@ -38,10 +38,15 @@ class Client:
     accepted: list[Accepted] = field(default_factory=list)
     closed: bool = False
     starttls: bool = False
+    xclient: bool = False
 
     def __post_init__(self) -> None:
         self.conn = smtp.ServerConnection(
-            HOST, limits=self.limits, extensions=self.extensions, starttls=self.starttls
+            HOST,
+            limits=self.limits,
+            extensions=self.extensions,
+            starttls=self.starttls,
+            xclient=self.xclient,
         )
         self._content = bytearray()
         self.greeting = self._pump()

@@ -26,7 +26,14 @@ LIMITS = smtp.Limits(data_chunk=CHUNK)
 # allowance (RFC 5321 §4.5.3.1.4, RFC 1870 §3, RFC 3030 §3, RFC 6531 §3.1, RFC 3461 §5.4).
 LINE_LIMIT = smtp.Extensions().command_line_limit(smtp.Limits().command_line)
 COMMAND_STATES = frozenset({S.CONNECTED, S.REFUSED, S.READY, S.MAIL, S.RCPT, S.CHUNKING})
-QUESTIONS = (smtp.ClientConnected, smtp.Hello, smtp.MailFrom, smtp.RcptTo, smtp.MessageComplete)
+QUESTIONS = (
+    smtp.ClientConnected,
+    smtp.Hello,
+    smtp.MailFrom,
+    smtp.RcptTo,
+    smtp.MessageComplete,
+    smtp.Xclient,
+)
 
 _LINE = re.compile(rb"([2-5][0-5][0-9])([ -])(.*)")
 _ENHANCED = re.compile(rb"([245])\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
@@ -54,7 +61,8 @@ class Driver:
     only what the invariants need (no message content, so streams cost no memory here)."""
 
     def __init__(self, limits: smtp.Limits = LIMITS) -> None:
-        self.conn = smtp.ServerConnection(HOST, limits=limits)
+        # Trusted with XCLIENT, so that fuzzed XCLIENT commands are parsed and accepted.
+        self.conn = smtp.ServerConnection(HOST, limits=limits, xclient=True)
         self.limits = limits
         self.out = bytearray()
         self.events: list[smtp.Event] = []
@@ -105,6 +113,9 @@ class Driver:
         self.events.append(event)
         if isinstance(event, smtp.Hello):
             self.extended = event.extended
+        elif isinstance(event, smtp.Xclient):
+            assert not self.in_transaction
+            self.extended = False  # accepted: the session starts over
         elif isinstance(event, smtp.MailFrom):
             assert not self.in_transaction
             self.in_transaction, self.content_refused = True, False
@@ -190,6 +201,10 @@ FRAGMENTS = [
     b"HELP",
     b"EXPN a",
     b"GET /",
+    b"XCLIENT ADDR=192.0.2.1 NAME=a.example",
+    b"XCLIENT ADDR=IPV6:2001:db8::1 LOGIN=j+C3+A9",
+    b" PORT=25 HELO=[192.0.2.1] PROTO=ESMTP",
+    b"=[UNAVAILABLE]",
     b"Subject: x",
     b"\r\n",
     b"\r\n.\r\n",

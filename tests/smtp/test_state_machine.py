@@ -41,6 +41,7 @@ COMMANDS: dict[str, bytes] = {
     "HELP": b"HELP\r\n",
     "EXPN": b"EXPN staff\r\n",
     "unknown": b"XYZZY\r\n",
+    "XCLIENT": b"XCLIENT ADDR=192.0.2.1\r\n",
 }
 
 # A BDAT chunk left open so that the session is inside it (State.BDAT).
@@ -114,6 +115,8 @@ def _everywhere(state: smtp.State) -> dict[str, Expected]:
         "HELP": ("214 2.0.0", state),
         "EXPN": ("502 5.5.1", state),
         "unknown": ("500 5.5.2", state),
+        # Postfix's XCLIENT from a client not trusted with it (test_xclient.py has the rest).
+        "XCLIENT": ("550 5.7.0", state),
     }
 
 
@@ -157,6 +160,7 @@ EXPECTED: dict[str, dict[str, Expected]] = {
     "MAIL": {
         **_everywhere(S.MAIL),
         "MAIL": (BAD_SEQUENCE, S.MAIL),  # nested MAIL
+        "XCLIENT": (BAD_SEQUENCE, S.MAIL),  # Postfix: not inside a transaction
         "RCPT": ("250 2.1.5", S.RCPT),
         "DATA": (NO_RECIPIENT, S.MAIL),
         "BDAT 0": (NO_RECIPIENT, S.MAIL),
@@ -166,6 +170,7 @@ EXPECTED: dict[str, dict[str, Expected]] = {
     "RCPT": {
         **_everywhere(S.RCPT),
         "MAIL": (BAD_SEQUENCE, S.RCPT),
+        "XCLIENT": (BAD_SEQUENCE, S.RCPT),
         "RCPT": ("250 2.1.5", S.RCPT),
         "DATA": ("354", S.DATA),
         # RFC 3030 §2: "A 250 response MUST be sent to each successful BDAT data block".
@@ -177,6 +182,7 @@ EXPECTED: dict[str, dict[str, Expected]] = {
     "CHUNKING": {
         **_everywhere(S.CHUNKING),
         "MAIL": (BAD_SEQUENCE, S.CHUNKING),
+        "XCLIENT": (BAD_SEQUENCE, S.CHUNKING),
         "RCPT": (BAD_SEQUENCE, S.CHUNKING),  # §3.3 order: RCPT comes before the content
         "DATA": (BAD_SEQUENCE, S.CHUNKING),  # RFC 3030 §2: DATA after BDAT "MUST" be 503
         "BDAT 0": ("250 2.0.0", S.CHUNKING),
@@ -367,6 +373,9 @@ WALK: list[bytes] = [
     b"GET / HTTP/1.1\r\n",
     b"STARTTLS\r\n",
     b"mail from:<lower@example.net>\r\n",
+    b"XCLIENT NAME=client.example.net ADDR=IPV6:2001:db8::1 LOGIN=a\r\n",
+    b"XCLIENT ADDR=300.1.1.1\r\n",
+    b"XCLIENT\r\n",
 ]
 
 # Lines of message content: none is the end-of-data line.
@@ -406,6 +415,7 @@ MOVES: dict[tuple[smtp.State, smtp.State], frozenset[str]] = {
     (S.BDAT, S.CHUNKING): frozenset({"BDAT"}),
     (S.BDAT, S.READY): frozenset({"BDAT LAST"}),
     (S.DATA, S.READY): frozenset({"END"}),
+    (S.READY, S.CONNECTED): frozenset({"XCLIENT"}),  # greeted again: a new session
 }
 # Moving forward takes a positive reply to the command that moves.
 FORWARD = frozenset({(S.CONNECTED, S.READY), (S.READY, S.MAIL), (S.MAIL, S.RCPT), (S.RCPT, S.DATA)})
@@ -467,11 +477,15 @@ class SessionMachine(RuleBasedStateMachine):
         pipelining=st.booleans(),
         chunking=st.sampled_from([True, True, False]),
         errors=st.sampled_from([1000, 1000, 5]),
+        xclient=st.booleans(),
     )
-    def connect(self, refuse: bool, pipelining: bool, chunking: bool, errors: int) -> None:
+    def connect(
+        self, refuse: bool, pipelining: bool, chunking: bool, errors: int, xclient: bool
+    ) -> None:
         ext = smtp.Extensions(pipelining=pipelining, chunking=chunking, binarymime=chunking)
         policy = _refuse_connection if refuse else _policy
-        self.client = Client(policy=policy, extensions=ext, limits=smtp.Limits(errors=errors))
+        limits = smtp.Limits(errors=errors)
+        self.client = Client(policy=policy, extensions=ext, limits=limits, xclient=xclient)
         assert len(check_replies(self.client.greeting, plain=True)) == 1
         assert self.state is (S.REFUSED if refuse else S.CONNECTED)
 
@@ -483,7 +497,8 @@ class SessionMachine(RuleBasedStateMachine):
         before = self.state
         events = len(self.client.events)
         out = self.client.send(wire)
-        plain = cause in ("EHLO", "HELO")
+        # The greeting again after an accepted XCLIENT has no enhanced code either.
+        plain = cause in ("EHLO", "HELO") or (cause == "XCLIENT" and out.startswith(b"220 "))
         codes = check_replies(out, plain=plain)
         closed = [e for e in self.client.events[events:] if isinstance(e, smtp.ConnectionClosed)]
         # RFC 5321 §4.2 "Every command MUST generate exactly one reply". The one extra

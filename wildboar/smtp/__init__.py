@@ -28,7 +28,9 @@ from .events import (
     Recipient,
     StartTls,
     TransactionAborted,
+    Unavailable,
     Wait,
+    Xclient,
 )
 from .limits import Extensions, Limits
 from .received import address_literal, received_header
@@ -62,7 +64,9 @@ __all__ = [
     "StartTls",
     "State",
     "TransactionAborted",
+    "Unavailable",
     "Wait",
+    "Xclient",
     "address_literal",
     "received_header",
 ]

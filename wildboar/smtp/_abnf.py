@@ -139,6 +139,13 @@ def parse_host(text: str) -> str:
     return text
 
 
+def parse_domain(text: str) -> str:
+    """A host name (RFC 5321 §4.1.2 ``Domain``), ASCII only: XCLIENT's NAME."""
+    if not text.isascii() or _ASCII["domain"].fullmatch(text) is None or not _domain_ok(text):
+        raise GrammarError("syntax")
+    return text
+
+
 def split_path(args: str) -> tuple[str, str]:
     """Split ``<path> params`` into the bracketed path and the parameter text after it.
 

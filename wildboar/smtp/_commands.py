@@ -10,6 +10,7 @@ validated and decoded here, so events carry only well-formed values.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from typing import cast
 
@@ -22,12 +23,13 @@ from ._abnf import (
     GrammarError,
     decode_utf8_xtext,
     decode_xtext,
+    parse_domain,
     parse_host,
     parse_mailbox_path,
     split_params,
     split_path,
 )
-from .events import Body, MailParams, Notify, Orcpt, RcptParams, Ret
+from .events import Body, MailParams, Notify, Orcpt, RcptParams, Ret, Unavailable, Xclient
 from .limits import Extensions
 from .replies import Reply
 from .state import Verb
@@ -358,3 +360,100 @@ def parse_bdat(args: str) -> tuple[int, bool] | None:
     if match is None:
         return None
     return int(match.group(1)), match.group(2) is not None
+
+
+# --- XCLIENT (Postfix XCLIENT_README) ------------------------------------------------
+# xclient-command = XCLIENT 1*( SP attribute-name"="attribute-value )
+# attribute-name  = ( NAME | ADDR | PORT | PROTO | HELO | LOGIN )   (case-insensitive)
+# attribute-value = xtext                                           (RFC 3461 §4)
+# Every attribute may also be [UNAVAILABLE] or [TEMPUNAVAIL]. The command line limit
+# bounds the whole command; each value has its own bound besides.
+XCLIENT_ATTRIBUTES = ("ADDR", "PORT", "NAME", "HELO", "PROTO", "LOGIN")
+MAX_XCLIENT_LOGIN = 255  # octets of UTF-8, as a domain (Postfix sets none)
+_UNAVAILABLE = {member.value: member for member in Unavailable}
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,31}")  # an unknown name quoted in the reply
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def parse_xclient(args: str) -> Xclient | Reply:
+    """``attribute=value ...`` into an ``Xclient`` event, or the 501 naming the attribute."""
+    text = args.rstrip(" \t")
+    if not text:
+        return R.SYNTAX_XCLIENT
+    found: dict[str, object] = {}
+    for token in text.split(" "):
+        name, equals, value = token.partition("=")
+        name = name.upper()
+        if name not in XCLIENT_ATTRIBUTES:
+            return R.xclient_unknown(name) if _TOKEN.fullmatch(name) else R.SYNTAX_XCLIENT
+        if name in found:
+            return R.xclient_duplicate(name)
+        parsed = _xclient_value(name, value) if equals else None
+        if parsed is None:
+            return R.xclient_bad_value(name)
+        found[name] = parsed
+    return Xclient(**{name.lower(): value for name, value in found.items()})  # type: ignore[arg-type]
+
+
+def _xclient_value(name: str, value: str) -> object | None:
+    """The decoded, checked value of attribute ``name``; None if it is malformed."""
+    try:
+        text = decode_xtext(value)
+    except GrammarError:
+        return None
+    special = _UNAVAILABLE.get(text.upper())
+    if special is not None:
+        return special
+    if name == "LOGIN":
+        return _login(text)
+    if not text.isascii():
+        return None
+    return _XCLIENT_PARSERS[name](text)
+
+
+def _addr(text: str) -> str | None:
+    """``IPV6:`` and an IPv6 address, or an IPv4 address; canonical, mapped ones as IPv4."""
+    try:
+        if text[:5].upper() == "IPV6:":
+            ip6 = ipaddress.IPv6Address(text[5:])
+            return str(ip6.ipv4_mapped or ip6) if ip6.scope_id is None else None
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        return None
+
+
+def _port(text: str) -> int | None:
+    return int(text) if _PORT.fullmatch(text) and int(text) <= 65535 else None
+
+
+def _name(text: str) -> str | None:
+    try:
+        return parse_domain(text)
+    except GrammarError:
+        return None
+
+
+def _helo(text: str) -> str | None:
+    """What EHLO takes: a domain or an address literal."""
+    try:
+        return parse_host(text)
+    except GrammarError:
+        return None
+
+
+def _proto(text: str) -> str | None:
+    proto = text.upper()
+    return proto if proto in ("SMTP", "ESMTP") else None
+
+
+def _login(text: str) -> str | None:
+    """The SASL login: the xtext's octets as UTF-8, without control characters."""
+    try:
+        login = text.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    too_long = len(text) > MAX_XCLIENT_LOGIN
+    return None if too_long or not login or _CONTROL.search(login) else login
+
+
+_XCLIENT_PARSERS = {"ADDR": _addr, "PORT": _port, "NAME": _name, "HELO": _helo, "PROTO": _proto}

@@ -50,7 +50,9 @@ from .events import (
     Recipient,
     StartTls,
     TransactionAborted,
+    Unavailable,
     Wait,
+    Xclient,
 )
 from .limits import Extensions, Limits
 from .replies import Reply, plain_lines
@@ -116,6 +118,7 @@ class ServerConnection:
         tls: bool = False,
         starttls: bool = False,
         require_tls: bool = False,
+        xclient: bool = False,
     ) -> None:
         if C.parse_hello(hostname) is None or hostname.startswith("["):
             raise LocalProtocolError(f"server hostname {hostname!r} is not a domain name")
@@ -134,6 +137,12 @@ class ServerConnection:
         self.require_tls = require_tls and not tls
         #: Octets the client sent behind its STARTTLS, dropped unread (CVE-2011-0411).
         self.dropped_after_starttls = 0
+        #: Whether the client may send XCLIENT (a proxy the I/O layer trusts, which it
+        #: says before the greeting is answered): offered in EHLO and asked as an
+        #: ``Xclient`` question; from anyone else ``550 5.7.0``.
+        self.xclient = xclient
+        #: The SASL login an accepted XCLIENT named (RFC 3848 "ESMTPA").
+        self.login: str | None = None
         self._machine = Machine()
         self._buf = ReceiveBuffer()
         self._out: list[bytes] = []
@@ -256,6 +265,8 @@ class ServerConnection:
             self._answer_message(answer)
         elif type(question) is Hello:
             self._answer_hello(question, answer)
+        elif type(question) is Xclient:
+            self._answer_xclient(question, answer)
         else:
             self._answer_connect(answer)
 
@@ -267,6 +278,9 @@ class ServerConnection:
             self._reply(answer, close="refused")
             return
         self._machine.fire(Trigger.GREET)
+        self._greet(answer)
+
+    def _greet(self, answer: Accept) -> None:
         self._out.append(plain_lines(220, [f"{self.hostname} {answer.text or self.banner}"]))
         if len(self._buf.data):
             self._desync()  # the client spoke before the greeting
@@ -286,6 +300,20 @@ class ServerConnection:
         else:
             self._out.append(plain_lines(250, [self.hostname]))
 
+    def _answer_xclient(self, question: Xclient, answer: Answer) -> None:
+        """Accepted: greeted again, a session that knows no HELO/EHLO (Postfix: "the
+        server resets state to the initial SMTP greeting protocol stage"). TLS stays."""
+        if isinstance(answer, Reply):
+            self._error(answer)
+            return
+        self._machine.fire(Trigger.XCLIENT)
+        self._helo = ""
+        self._extended = False
+        self._line_limit = self.limits.command_line
+        if question.login is not None:
+            self.login = None if isinstance(question.login, Unavailable) else question.login
+        self._greet(answer)
+
     def _keywords(self) -> list[str]:
         ext = self.extensions
         offered = (
@@ -298,6 +326,7 @@ class ServerConnection:
             (ext.chunking, "CHUNKING"),
             (ext.binarymime, "BINARYMIME"),
             (ext.dsn, "DSN"),
+            (self.xclient, "XCLIENT ADDR PORT NAME HELO PROTO LOGIN"),
             (True, "HELP"),
         )
         return [keyword for on, keyword in offered if on]
@@ -519,6 +548,16 @@ class ServerConnection:
             self._reply(R.READY_FOR_TLS)
             self._events.append(StartTls())
 
+    def _xclient(self, args: str) -> None:
+        if not self.xclient:
+            self._error(R.XCLIENT_DENIED)
+            return
+        parsed = C.parse_xclient(args)
+        if isinstance(parsed, Reply):
+            self._error(parsed)
+        else:
+            self._ask(parsed)
+
     # --- message content ---------------------------------------------------------
 
     def _step_data(self) -> bool:
@@ -623,9 +662,10 @@ class ServerConnection:
         )
 
     def _protocol(self, smtputf8: bool) -> str:
-        """RFC 3848 §1 and RFC 6531 §3.7.3 WITH protocol types."""
+        """RFC 3848 §1 and RFC 6531 §3.7.3 WITH protocol types ("A": a login, here one
+        that an XCLIENT named)."""
         base = "UTF8SMTP" if smtputf8 else ("ESMTP" if self._extended else "SMTP")
-        return base + ("S" if self.tls else "")
+        return base + ("S" if self.tls else "") + ("A" if self.login else "")
 
     # --- replies and endings -----------------------------------------------------
 
@@ -686,4 +726,5 @@ _HANDLERS = {
     Verb.VRFY: ServerConnection._vrfy,
     Verb.HELP: ServerConnection._help,
     Verb.STARTTLS: ServerConnection._starttls,
+    Verb.XCLIENT: ServerConnection._xclient,
 }

@@ -1,9 +1,9 @@
 """Events the core hands its caller, and the answers the caller gives back.
 
 Owns: the frozen value objects that cross the sans-IO boundary. ``Question`` events
-(``ClientConnected``, ``Hello``, ``MailFrom``, ``RcptTo``, ``MessageComplete``) pause the
-connection until the caller answers with ``Accept`` or a refusing ``Reply``; the other
-events only inform.
+(``ClientConnected``, ``Hello``, ``MailFrom``, ``RcptTo``, ``MessageComplete``,
+``Xclient``) pause the connection until the caller answers with ``Accept`` or a refusing
+``Reply``; the other events only inform.
 Must not know: how the caller decides, or how bytes travel.
 Security: every field is decoded and validated before an event is built; a consumer never
 sees a raw command line.
@@ -142,6 +142,36 @@ class StartTls(msgspec.Struct, frozen=True):
     feeds nothing more until the handshake is done."""
 
 
+class Unavailable(enum.Enum):
+    """An XCLIENT attribute the proxy could not learn (Postfix XCLIENT_README)."""
+
+    #: ``[UNAVAILABLE]``: unknown, e.g. a host name lookup that failed for good.
+    PERMANENT = "[UNAVAILABLE]"
+    #: ``[TEMPUNAVAIL]``: unknown for now, e.g. a lookup that failed for a while.
+    TEMPORARY = "[TEMPUNAVAIL]"
+
+
+class Xclient(msgspec.Struct, frozen=True, kw_only=True):
+    """Question: a proxy the caller trusts (``ServerConnection.xclient``) says who its
+    client is (Postfix's XCLIENT). ``Accept`` greets again with ``220`` and the session
+    starts over (no HELO/EHLO, as at connect); a ``Reply`` refuses it (``421`` closes).
+
+    Each field is None when the command did not name that attribute (what an earlier
+    XCLIENT said of it stands), an ``Unavailable`` when the proxy does not know it, else
+    the value, decoded (xtext) and checked: ``addr`` an IPv4 or IPv6 address in its
+    canonical form (no ``IPV6:`` prefix; an IPv4-mapped IPv6 address as IPv4), ``port``
+    0-65535, ``name`` a domain name, ``helo`` a domain or an address literal as EHLO takes
+    it, ``proto`` ``SMTP`` or ``ESMTP``, ``login`` the SASL login name (UTF-8, no control
+    characters)."""
+
+    addr: str | Unavailable | None = None
+    port: int | Unavailable | None = None
+    name: str | Unavailable | None = None
+    helo: str | Unavailable | None = None
+    proto: Literal["SMTP", "ESMTP"] | Unavailable | None = None
+    login: str | Unavailable | None = None
+
+
 class ConnectionClosed(msgspec.Struct, frozen=True):
     """Information: the session is over; send what is pending, then close the socket."""
 
@@ -154,6 +184,6 @@ class Accept(msgspec.Struct, frozen=True):
     text: str | None = None
 
 
-Question = ClientConnected | Hello | MailFrom | RcptTo | MessageComplete
+Question = ClientConnected | Hello | MailFrom | RcptTo | MessageComplete | Xclient
 Event = Question | MessageData | TransactionAborted | StartTls | ConnectionClosed
 Answer = Accept | Reply

@@ -115,6 +115,12 @@ READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 TLS_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")
 TLS_IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
 MUST_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+# Postfix's XCLIENT extension (XCLIENT_README): only from the hosts the I/O layer trusts.
+XCLIENT_DENIED = Reply(
+    550, "5.7.0", "Error: insufficient authorization: XCLIENT is not allowed from this client"
+)
+XCLIENT_IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+SYNTAX_XCLIENT = Reply(501, "5.5.4", "Syntax: XCLIENT attribute=value ...")
 NOT_ASCII = Reply(501, "5.5.2", "Error: non-ASCII characters in command")
 FORBIDDEN = Reply(221, "2.7.0", "Error: this is an SMTP server, not a web or proxy server")
 BARE_NEWLINE_COMMAND = Reply(
@@ -157,3 +163,20 @@ BARE_NEWLINE_DATA = Reply(550, "5.5.2", "Error: bare <CR> or <LF> in message dat
 NUL_IN_DATA = Reply(554, "5.6.0", "Error: NUL character in message data")
 TEXT_LINE_TOO_LONG = Reply(554, "5.6.0", "Error: message line too long")
 TOO_MANY_HOPS = Reply(554, "5.4.0", "Error: too many hops (mail loop?)")
+
+
+@functools.lru_cache(maxsize=64)
+def xclient_bad_value(attribute: str) -> Reply:
+    """``501 5.5.4`` naming the XCLIENT attribute whose value is malformed."""
+    return Reply(501, "5.5.4", f"Error: bad XCLIENT {attribute} value")
+
+
+@functools.lru_cache(maxsize=64)
+def xclient_duplicate(attribute: str) -> Reply:
+    return Reply(501, "5.5.4", f"Error: XCLIENT {attribute} given twice")
+
+
+@functools.lru_cache(maxsize=64)
+def xclient_unknown(attribute: str) -> Reply:
+    """An attribute name this server does not take; ``attribute`` is a checked token."""
+    return Reply(501, "5.5.4", f"Error: unknown XCLIENT attribute {attribute}")

@@ -51,6 +51,7 @@ class Verb(enum.Enum):
     VRFY = "VRFY"
     HELP = "HELP"
     STARTTLS = "STARTTLS"
+    XCLIENT = "XCLIENT"
 
 
 class Trigger(enum.Enum):
@@ -70,6 +71,7 @@ class Trigger(enum.Enum):
     MESSAGE_DONE = "message done"  # content complete: answered, refused, or given up
     STARTTLS = "starttls"  # 220 sent to STARTTLS
     TLS_STARTED = "tls started"  # the handshake succeeded: a new session (RFC 3207 §4.2)
+    XCLIENT = "xclient"  # XCLIENT accepted: greeted again, a new session (Postfix XCLIENT)
     CLOSE = "close"
 
 
@@ -98,6 +100,8 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (State.CONNECTED, Trigger.STARTTLS): State.TLS,
     (State.READY, Trigger.STARTTLS): State.TLS,
     (State.TLS, Trigger.TLS_STARTED): State.CONNECTED,
+    (State.CONNECTED, Trigger.XCLIENT): State.CONNECTED,
+    (State.READY, Trigger.XCLIENT): State.CONNECTED,
     **{(s, Trigger.CLOSE): State.CLOSED for s in State},
 }
 
@@ -129,6 +133,9 @@ SEQUENCE: dict[tuple[State, Verb], Reply] = {
     (State.CHUNKING, Verb.RCPT): R.RCPT_AFTER_BDAT,
     (State.CHUNKING, Verb.DATA): R.DATA_AFTER_BDAT,
     **_table({Verb.STARTTLS: R.TLS_IN_TRANSACTION}, _TRANSACTION),
+    # XCLIENT: "at any time, except in the middle of a mail delivery transaction"
+    # (Postfix XCLIENT_README; Postfix answers 503 5.5.1 there).
+    **_table({Verb.XCLIENT: R.XCLIENT_IN_TRANSACTION}, _TRANSACTION),
 }
 
 # BDAT outside a transaction with recipients: the chunk is dropped, then this reply, and
@@ -144,7 +151,9 @@ BDAT_SEQUENCE: dict[State, Reply] = {
 # of a pipelined group, so input already waiting behind them is a synchronization error
 # (policy of Postfix 3.9, smtpd_forbid_unauth_pipelining). HELO starts a session like EHLO
 # and is treated alike, as Postfix does. QUIT is left out: the session ends either way.
-LAST_IN_GROUP = frozenset({Verb.EHLO, Verb.HELO, Verb.DATA, Verb.VRFY, Verb.NOOP})
+# XCLIENT too: an accepted one greets again, and a client that speaks before a greeting is
+# out of sync (the same check as at connect).
+LAST_IN_GROUP = frozenset({Verb.EHLO, Verb.HELO, Verb.DATA, Verb.VRFY, Verb.NOOP, Verb.XCLIENT})
 # STARTTLS must end a group too (RFC 3207 §4.2), but what a client pipelines behind it is
 # not an error to answer in plaintext: it is dropped unread, so that no plaintext command
 # can be answered inside TLS (CVE-2011-0411).

@@ -4,7 +4,8 @@
 Owns: ``Host``, the typing.Protocol naming exactly what a ``Session`` asks of its worker
 (its clock and loop, its configuration and offered extensions, the recipient policy and the
 MDA's recipient check, the delivery budget and the spill directory, the handoffs' refusal,
-delivery and rejected record, the accepted-message count, the end of a session), and
+delivery and rejected record, the accepted-message count, the proxies a listener trusts,
+the count of sessions per client address and the end of a session), and
 ``RecipientVerifier``, the recipient check at RCPT time.
 Must not know: the ``Worker`` class, sessions, handoffs (any object with these members is
 a host: the worker, or a test double).
@@ -85,6 +86,10 @@ class Host(Protocol[S_contra]):
 
     def clock(self) -> float: ...
 
+    def xclient_hosts(self, listener: str) -> tuple[IPNetwork, ...]:
+        """The networks whose clients the listener takes XCLIENT from (none: nobody's)."""
+        ...
+
     def tls(self, listener: str) -> ListenerTls | None:
         """The listener's TLS (mode, context, whether required), or None."""
         ...
@@ -96,3 +101,8 @@ class Host(Protocol[S_contra]):
     async def deliver(self, message: M.Message) -> Delivery: ...
 
     def session_closed(self, session: S_contra) -> None: ...
+
+    def recount(self, session: S_contra, address: str) -> bool:
+        """Count the session under ``address`` from now on (its client, as XCLIENT named
+        it); False, and nothing changed, when that address has its fill of sessions."""
+        ...

@@ -85,6 +85,13 @@ class Worker:
             for listener in config.listen
             if listener.proxy_protocol
         }
+        # The proxies each listener takes XCLIENT from (docs/proxy.md).
+        self._xclient_hosts = {
+            listener.name: tuple(
+                ipaddress.ip_network(network, strict=False) for network in listener.xclient_hosts
+            )
+            for listener in config.listen
+        }
         self.policy = RecipientPolicy(config.recipients.domains)
         # What every handoff can take is what the sessions offer (asked after start()).
         self.extensions = config.extensions
@@ -105,6 +112,9 @@ class Worker:
 
     def tls(self, listener: str) -> tls.ListenerTls | None:
         return self._tls.get(listener)
+
+    def xclient_hosts(self, listener: str) -> tuple[IPNetwork, ...]:
+        return self._xclient_hosts.get(listener, ())
 
     # --- running -------------------------------------------------------------------
 
@@ -256,9 +266,24 @@ class Worker:
         if session in self.sessions:
             self.sessions.discard(session)
             # The address it was counted under (a PROXY header changes client_ip later).
-            self.per_ip[session.counted_ip] -= 1
-            if self.per_ip[session.counted_ip] <= 0:
-                del self.per_ip[session.counted_ip]
+            self._uncount(session.counted_ip)
+
+    def recount(self, session: Session, address: str) -> bool:
+        """XCLIENT named the session's client: it counts under that address from now on,
+        if the address is under ``sessions.per_client_ip`` here."""
+        if address == session.counted_ip or session not in self.sessions:
+            return True
+        if self.per_ip[address] >= self.config.sessions.per_client_ip:
+            return False
+        self._uncount(session.counted_ip)
+        self.per_ip[address] += 1
+        session.counted_ip = address
+        return True
+
+    def _uncount(self, address: str) -> None:
+        self.per_ip[address] -= 1
+        if self.per_ip[address] <= 0:
+            del self.per_ip[address]
 
     def refusal(self, stage: Literal["connect", "mail"]) -> smtp.Reply | None:
         """Why a new session or transaction cannot be served now (a handoff is down)."""

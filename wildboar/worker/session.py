@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -62,6 +63,7 @@ TOO_MANY_SESSIONS = smtp.Reply(421, "4.7.0", "Error: too many connections, try a
 HANDOFF_TIMEOUT = smtp.Reply(451, "4.3.0", "Error: queue timeout, try again later")
 LOCAL_ERROR = smtp.Reply(451, "4.3.0", "Error: local problem, try again later")
 FAMILIES: dict[int, R.Family] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+T = TypeVar("T")
 
 
 def _endpoint(address: object) -> tuple[str, int | None]:
@@ -93,6 +95,10 @@ class Session(asyncio.Protocol):
         self.tls_info: tuple[str, str] | None = None
         #: Behind a proxy: the header the worker read before the connection was made.
         self.relayed: proxy.ProxyHeader | None = None
+        #: The networks of the proxies that may name their client with XCLIENT.
+        self.xclient_networks = host.xclient_hosts(listener)
+        #: The client as the connection (or its PROXY header) gave it, before any XCLIENT.
+        self.origin: M.Remote | None = None
         self.counted_ip = ""  # the address the worker counts this session under
         self.id = M.new_urn()
         self.created = R.now()
@@ -160,6 +166,7 @@ class Session(asyncio.Protocol):
             self._tls_established(transport)
         elif relayed is not None and relayed.tlvs.ssl is not None and relayed.tlvs.ssl.tls:
             self._tls_relayed(relayed.tlvs.ssl)
+        self._trust_xclient()
         self._touch()
         log(
             "connection_open",
@@ -274,15 +281,7 @@ class Session(asyncio.Protocol):
             # and the backlog mark in _process stops reading if the client sends on.
             self.delivering = self.host.loop.create_task(self._deliver(event))
         elif type(event) is smtp.MailFrom:
-            # Draining, a session gets the transaction it came for, not one more.
-            late = self.draining and self.transactions > 0
-            refusal = SHUTDOWN if late else self.host.refusal("mail")
-            if refusal is not None:
-                self._answer(refusal)
-                return
-            self.transaction = R.start_transaction()
-            self.sender = (event.sender, event.params.smtputf8)
-            self._answer(ACCEPT)
+            self._mail(event)
         elif type(event) is smtp.RcptTo:
             self._recipient(event.recipient)
         elif type(event) is smtp.TransactionAborted:
@@ -291,10 +290,57 @@ class Session(asyncio.Protocol):
             self._close()
         elif type(event) is smtp.StartTls:
             self.host.loop.create_task(self._start_tls())
+        elif type(event) is smtp.Xclient:
+            self._xclient(event)
         elif type(event) is smtp.ClientConnected:
             self._answer(self.refuse or self.host.refusal("connect") or ACCEPT)
         else:
             self._answer(ACCEPT)
+
+    def _mail(self, event: smtp.MailFrom) -> None:
+        # Draining, a session gets the transaction it came for, not one more.
+        late = self.draining and self.transactions > 0
+        refusal = SHUTDOWN if late else self.host.refusal("mail")
+        if refusal is not None:
+            self._answer(refusal)
+            return
+        self.transaction = R.start_transaction()
+        self.sender = (event.sender, event.params.smtputf8)
+        self._answer(ACCEPT)
+
+    # --- behind a proxy (XCLIENT) -------------------------------------------------------
+
+    def _trust_xclient(self) -> None:
+        """Before the greeting: whether the client (the PROXY header's, if any) is one of
+        the listener's xclient_hosts, which the core then offers XCLIENT to."""
+        assert self.record is not None
+        self.origin = self.record.remote
+        networks = self.xclient_networks
+        if networks and self.origin.family != "unix":
+            ip = ipaddress.ip_address(self.client_ip)
+            self.conn.xclient = any(ip in network for network in networks)
+
+    def _xclient(self, event: smtp.Xclient) -> None:
+        """A trusted proxy names its client, who is the client from now on (logs, the
+        per-IP count, Received, the record), unless its address has its fill of sessions."""
+        assert self.record is not None and self.origin is not None
+        remote = _xclient_remote(self.record.remote, self.origin, event)
+        fields: dict[str, Any] = {
+            "connection": self.id,
+            "server": self.host.id,
+            "proxy": self.client_ip,
+        }
+        if not self.host.recount(self, remote.address):
+            log("xclient_refused", level=30, **fields, remote=remote.address, reason="sessions")
+            self._answer(TOO_MANY_SESSIONS)
+            return
+        login = _said(event.login, self.record.login)
+        self.record = msgspec.structs.replace(self.record, remote=remote, login=login)
+        self.client_ip = remote.address
+        helo, proto = (_said(value, None) for value in (event.helo, event.proto))
+        log("xclient", **fields, remote=remote.address, remote_port=remote.port,
+            name=remote.name, login=login, helo=helo, proto=proto)  # fmt: skip
+        self._answer(ACCEPT)
 
     # --- behind a proxy (PROXY protocol) ------------------------------------------------
 
@@ -644,3 +690,24 @@ class Session(asyncio.Protocol):
         self._process()
         if self.transport is not None:
             self.transport.close()
+
+
+def _said(value: T | smtp.Unavailable | None, before: T | None) -> T | None:
+    """An XCLIENT attribute's value: ``before`` when not named, None when unavailable."""
+    if value is None:
+        return before
+    return None if isinstance(value, smtp.Unavailable) else value
+
+
+def _xclient_remote(current: M.Remote, origin: M.Remote, event: smtp.Xclient) -> M.Remote:
+    """The client after ``event``: a new ADDR is a new client (its port and name unknown
+    unless named too); ADDR=[UNAVAILABLE] is the connection's own client again."""
+    addr = event.addr
+    if isinstance(addr, smtp.Unavailable):
+        remote = origin
+    elif addr is not None:
+        remote = M.Remote(family="ipv6" if ":" in addr else "ipv4", address=addr)
+    else:
+        remote = current
+    port, name = _said(event.port, remote.port), _said(event.name, remote.name)
+    return msgspec.structs.replace(remote, port=port, name=name)
