@@ -6,7 +6,7 @@ passwd-file users, Maildirs, LMTP on 127.0.0.1), through, in one run:
 
 - **dovecot lmtp** (the floor): ``smtp-source -L`` straight into Dovecot's LMTP: what
   delivery into the Maildir costs with no MTA in front;
-- **postfix lmtp**: a private Postfix (``bench/postfix.py``): ``smtpd`` checks the
+- **postfix lmtp**: a private Postfix (``tests/postfix.py``): ``smtpd`` checks the
   recipient in its own table, ``cleanup`` writes the queue file (fsync) and ``250``; then
   ``qmgr`` and Postfix's ``lmtp`` client deliver it (``virtual_transport =
   lmtp:inet:...``);
@@ -79,9 +79,9 @@ from typing import Any, Protocol
 
 from tests.daemons import free_port
 from tests.lmtp.dovecot import Dovecot, DovecotError
+from tests.postfix import Postfix, PostfixError
 
 from . import output
-from .postfix import Postfix, PostfixError
 from .server import (
     BUDGET,
     PROBE_SECONDS,
@@ -96,7 +96,7 @@ from .server import (
     environment,
     smtp_source,
 )
-from .targets import TargetError, Wildboar, greets, tree_cpu
+from .targets import TargetError, Wildboar, tree_cpu
 
 KB = 1024
 SIZES = (KB, 100 * KB)
@@ -174,7 +174,7 @@ class Direct:
 
 
 class ViaPostfix:
-    """smtp-source into a private Postfix (``bench/postfix.py``) delivering over LMTP."""
+    """smtp-source into a private Postfix (``tests/postfix.py``) delivering over LMTP."""
 
     name = "postfix lmtp"
     workers: int | None = None
@@ -191,14 +191,20 @@ class ViaPostfix:
         return self.postfix.port
 
     def start(self) -> None:
-        self.postfix = Postfix(free_port(), self.dovecot.lmtp_address, DOMAIN, [USER])
+        host, port = self.dovecot.lmtp_address
+        # smtpd refuses unknown users at RCPT from its own table (the counterpart of
+        # wildboar's RCPT check with the MDA); every message goes to Dovecot over LMTP.
+        settings = {
+            "myhostname": "postfix.bench.example",
+            "virtual_mailbox_domains": DOMAIN,
+            "virtual_mailbox_maps": "texthash:$config_directory/vmailbox",
+            "virtual_transport": f"lmtp:inet:{host}:{port}",
+        }
+        tables = {"vmailbox": f"{USER}@{DOMAIN} {USER}/\n"}
+        self.postfix = Postfix(free_port(), settings, tables)
         try:
             self.postfix.start()
-            deadline = time.monotonic() + START_TIMEOUT
-            while not greets(self.postfix.port):
-                if not self.postfix.running or time.monotonic() > deadline:
-                    raise TargetError(f"postfix does not answer\n{self.postfix.tail()}")
-                time.sleep(0.1)
+            self.postfix.wait_serving(START_TIMEOUT)
         except PostfixError as error:
             raise TargetError(str(error)) from None
 
