@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
 import shutil
 import signal
 import statistics
@@ -96,7 +95,7 @@ from .server import (
     environment,
     smtp_source,
 )
-from .targets import TargetError, Wildboar, tree_cpu
+from .targets import TargetError, Wildboar, busy_cpu, tree_cpu
 
 KB = 1024
 SIZES = (KB, 100 * KB)
@@ -113,7 +112,6 @@ MAX_MESSAGES = 20_000
 #: How often the Maildir is counted while messages are still on their way.
 POLL = 0.01
 START_TIMEOUT = 20.0
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Where the Maildir, Postfix's queue and wildboar's spool are: the filesystem measured.
 TMP = Path(tempfile.gettempdir())
 TARGET_KEYS = ("dovecot", "postfix", "wildboar", "no-check")
@@ -316,16 +314,6 @@ def _cpu(pid: int | None) -> float:
     return 0.0 if pid is None else tree_cpu(pid)
 
 
-def _busy() -> float:
-    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and
-    iowait), less this process's own."""
-    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    busy = (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
-    return busy - own.ru_utime - own.ru_stime
-
-
 @dataclass(frozen=True)
 class Delivery:
     """One smtp-source run and what reached the Maildir."""
@@ -356,7 +344,7 @@ def deliver(
     it counted is in the Maildir; the Maildir is removed afterwards."""
     shutil.rmtree(dovecot.maildir(USER), ignore_errors=True)
     root, mda = route.root(), dovecot.pid
-    server_cpu, mda_cpu, busy = _cpu(root), _cpu(mda), _busy()
+    server_cpu, mda_cpu, busy = _cpu(root), _cpu(mda), busy_cpu()
     start = time.perf_counter()
     run = smtp_source(route.port, scenario, count, timeout, recipient=RECIPIENT, lmtp=route.lmtp)
     deadline = time.perf_counter() + timeout
@@ -365,7 +353,7 @@ def deliver(
             break
         time.sleep(POLL)
     seconds = time.perf_counter() - start
-    server_cpu, mda_cpu, busy = _cpu(root) - server_cpu, _cpu(mda) - mda_cpu, _busy() - busy
+    server_cpu, mda_cpu, busy = _cpu(root) - server_cpu, _cpu(mda) - mda_cpu, busy_cpu() - busy
     done = Delivery(
         run=run,
         arrived=arrived,
