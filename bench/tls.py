@@ -491,6 +491,7 @@ def run_round(servers: Sequence[Server], options: Options) -> list[Result]:
         try:
             server.start()
         except TargetError as error:
+            server.stop()  # whatever it started, and its directory
             note = str(error).splitlines()[0]
             results += [_blank(server, c, "failed", note) for c in CELLS]
             continue
@@ -606,10 +607,18 @@ def sharing(results: Sequence[Result]) -> str | None:
         return None
     missed = max(0.0, one.share - two.share)
     saving = one.full - one.resumed
-    return (
+    shares = (
         f"ticket keys per worker: wildboar x2 resumed {two.share:.0%} of offered tickets"
-        f" (x1: {one.share:.0%}); a resumption saves {_us(saving)}, so one key shared by"
-        f" the workers would save about {_us(saving * missed)} per connection"
+        f" (x1: {one.share:.0%})"
+    )
+    if saving <= 0:
+        return (
+            f"{shares}; a resumed handshake costs no less than a full one here"
+            f" ({_us(-saving)} more), so one key shared by the workers would save nothing"
+        )
+    return (
+        f"{shares}; a resumption saves {_us(saving)}, so one key shared by the workers"
+        f" would save about {_us(saving * missed)} per connection"
     )
 
 
