@@ -45,7 +45,7 @@ directory under ``$TMPDIR`` and removed; Debian's Postfix is never started.
 Output: a table on stdout and ``bench/results/tls.{csv,json,png}`` (``tls-rsa.*`` with
 ``--key rsa``).
 
-    python -m bench.tls                        # about 5 minutes
+    python -m bench.tls                        # about 4 minutes
     python -m bench.tls --only wildboar --rounds 1
     python -m bench.tls --key rsa
 """
