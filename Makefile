@@ -61,13 +61,14 @@ bench-core: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.core
 
-# Whole servers over loopback under Postfix's smtp-source, then end to end into RabbitMQ,
-# then into a private Dovecot's Maildir over LMTP (beside a private Postfix); see
-# docs/performance.md.
+# Whole servers over loopback under Postfix's smtp-source, then what STARTTLS costs
+# (beside a private Postfix's smtpd), then end to end into RabbitMQ, then into a private
+# Dovecot's Maildir over LMTP (beside a private Postfix); see docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	sh scripts/test-services
 	$(BIN)/python -m bench.server
+	$(BIN)/python -m bench.tls
 	$(BIN)/python -m bench.amqp
 	$(BIN)/python -m bench.lmtp
 

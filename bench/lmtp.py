@@ -6,7 +6,7 @@ passwd-file users, Maildirs, LMTP on 127.0.0.1), through, in one run:
 
 - **dovecot lmtp** (the floor): ``smtp-source -L`` straight into Dovecot's LMTP: what
   delivery into the Maildir costs with no MTA in front;
-- **postfix lmtp**: a private Postfix (``bench/postfix.py``): ``smtpd`` checks the
+- **postfix lmtp**: a private Postfix (``tests/postfix.py``): ``smtpd`` checks the
   recipient in its own table, ``cleanup`` writes the queue file (fsync) and ``250``; then
   ``qmgr`` and Postfix's ``lmtp`` client deliver it (``virtual_transport =
   lmtp:inet:...``);
@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
 import shutil
 import signal
 import statistics
@@ -79,9 +78,9 @@ from typing import Any, Protocol
 
 from tests.daemons import free_port
 from tests.lmtp.dovecot import Dovecot, DovecotError
+from tests.postfix import Postfix, PostfixError
 
 from . import output
-from .postfix import Postfix, PostfixError
 from .server import (
     BUDGET,
     PROBE_SECONDS,
@@ -96,7 +95,7 @@ from .server import (
     environment,
     smtp_source,
 )
-from .targets import TargetError, Wildboar, greets, tree_cpu
+from .targets import TargetError, Wildboar, busy_cpu, tree_cpu
 
 KB = 1024
 SIZES = (KB, 100 * KB)
@@ -113,7 +112,6 @@ MAX_MESSAGES = 20_000
 #: How often the Maildir is counted while messages are still on their way.
 POLL = 0.01
 START_TIMEOUT = 20.0
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Where the Maildir, Postfix's queue and wildboar's spool are: the filesystem measured.
 TMP = Path(tempfile.gettempdir())
 TARGET_KEYS = ("dovecot", "postfix", "wildboar", "no-check")
@@ -174,7 +172,7 @@ class Direct:
 
 
 class ViaPostfix:
-    """smtp-source into a private Postfix (``bench/postfix.py``) delivering over LMTP."""
+    """smtp-source into a private Postfix (``tests/postfix.py``) delivering over LMTP."""
 
     name = "postfix lmtp"
     workers: int | None = None
@@ -191,14 +189,20 @@ class ViaPostfix:
         return self.postfix.port
 
     def start(self) -> None:
-        self.postfix = Postfix(free_port(), self.dovecot.lmtp_address, DOMAIN, [USER])
+        host, port = self.dovecot.lmtp_address
+        # smtpd refuses unknown users at RCPT from its own table (the counterpart of
+        # wildboar's RCPT check with the MDA); every message goes to Dovecot over LMTP.
+        settings = {
+            "myhostname": "postfix.bench.example",
+            "virtual_mailbox_domains": DOMAIN,
+            "virtual_mailbox_maps": "texthash:$config_directory/vmailbox",
+            "virtual_transport": f"lmtp:inet:{host}:{port}",
+        }
+        tables = {"vmailbox": f"{USER}@{DOMAIN} {USER}/\n"}
+        self.postfix = Postfix(free_port(), settings, tables)
         try:
             self.postfix.start()
-            deadline = time.monotonic() + START_TIMEOUT
-            while not greets(self.postfix.port):
-                if not self.postfix.running or time.monotonic() > deadline:
-                    raise TargetError(f"postfix does not answer\n{self.postfix.tail()}")
-                time.sleep(0.1)
+            self.postfix.wait_serving(START_TIMEOUT)
         except PostfixError as error:
             raise TargetError(str(error)) from None
 
@@ -310,16 +314,6 @@ def _cpu(pid: int | None) -> float:
     return 0.0 if pid is None else tree_cpu(pid)
 
 
-def _busy() -> float:
-    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and
-    iowait), less this process's own."""
-    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    busy = (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
-    return busy - own.ru_utime - own.ru_stime
-
-
 @dataclass(frozen=True)
 class Delivery:
     """One smtp-source run and what reached the Maildir."""
@@ -350,7 +344,7 @@ def deliver(
     it counted is in the Maildir; the Maildir is removed afterwards."""
     shutil.rmtree(dovecot.maildir(USER), ignore_errors=True)
     root, mda = route.root(), dovecot.pid
-    server_cpu, mda_cpu, busy = _cpu(root), _cpu(mda), _busy()
+    server_cpu, mda_cpu, busy = _cpu(root), _cpu(mda), busy_cpu()
     start = time.perf_counter()
     run = smtp_source(route.port, scenario, count, timeout, recipient=RECIPIENT, lmtp=route.lmtp)
     deadline = time.perf_counter() + timeout
@@ -359,7 +353,7 @@ def deliver(
             break
         time.sleep(POLL)
     seconds = time.perf_counter() - start
-    server_cpu, mda_cpu, busy = _cpu(root) - server_cpu, _cpu(mda) - mda_cpu, _busy() - busy
+    server_cpu, mda_cpu, busy = _cpu(root) - server_cpu, _cpu(mda) - mda_cpu, busy_cpu() - busy
     done = Delivery(
         run=run,
         arrived=arrived,

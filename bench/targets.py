@@ -20,6 +20,7 @@ import json
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -102,6 +103,17 @@ def tree_cpu(pid: int) -> float:
             with contextlib.suppress(OSError):
                 stack += [int(p) for p in (task / "children").read_text().split()]
     return total / _CLOCK_TICKS
+
+
+def busy_cpu() -> float:
+    """CPU seconds the whole machine has been busy (``/proc/stat``: all but idle and
+    iowait), less this process's own: the difference of two readings, less what the
+    servers and clients under test used, is what other work on the machine took."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    busy = (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+    return busy - own.ru_utime - own.ru_stime
 
 
 def children(pid: int) -> list[int]:

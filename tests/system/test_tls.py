@@ -1,19 +1,26 @@
 """TLS end to end: STARTTLS (RFC 3207) and implicit TLS (RFC 8314) with real clients
-(swaks, openssl s_client, Python's ssl), the plaintext injection of CVE-2011-0411, and
-handshakes that fail."""
+(swaks, openssl s_client, Python's ssl, a private Postfix relaying with mandatory TLS),
+the plaintext injection of CVE-2011-0411, and handshakes that fail."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import smtplib
 import socket
 import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .. import unprivileged
+from ..daemons import free_port
+from ..postfix import Postfix, debian_service_running
 from . import certificates
 from .harness import Server, serving, spooled
 
@@ -202,3 +209,114 @@ def test_a_failed_handshake_closes_the_connection_and_is_logged(server: Server) 
     opened = {e["connection"] for e in server.events("connection_open")}
     closed = server.wait_for("connection_close", len(opened), timeout=10)
     assert {e["connection"] for e in closed} == opened
+
+
+# --- a real MTA as the client ------------------------------------------------------------
+
+#: How long Postfix may take to pass a message on (or to give up and defer it).
+RELAY_TIMEOUT = 30.0
+RELAY_NAME = "relay.test.example"
+ESTABLISHED = re.compile(
+    r"TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]:(\d+): (\S+) with cipher (\S+)"
+)
+
+
+@contextlib.contextmanager
+def relaying(
+    spool_dir: Path, tls: str, certificate: tuple[Path, Path]
+) -> Iterator[tuple[Server, Postfix]]:
+    """wildboar with one listener (``tls``), and a private Postfix that relays everything
+    to it and must encrypt (``smtp_tls_security_level = encrypt``, no verification)."""
+    cert, key = certificate
+    config = spool_dir.parent / "wildboar.toml"
+    config.write_text(
+        '[recipients]\ndomains = ["example.org"]\n\n'
+        f'[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 0\ntls = "{tls}"\n'
+        + (f'certificate = "{cert}"\nkey = "{key}"\n' if tls != "none" else "")
+    )
+    with serving(spool_dir, "--config", str(config), listen=(), workers=1) as server:
+        settings = {
+            "myhostname": RELAY_NAME,
+            "relayhost": f"[127.0.0.1]:{server.port}",
+            "smtp_tls_security_level": "encrypt",
+            "smtp_tls_loglevel": "1",
+        }
+        with Postfix(free_port(), settings) as postfix:
+            postfix.wait_serving()
+            yield server, postfix
+    assert not debian_service_running()
+
+
+def submit(postfix: Postfix) -> None:
+    """One message into Postfix's smtpd, for b@example.org: Postfix relays it."""
+    content = (
+        f"From: a@example.net\r\nTo: b@example.org\r\nSubject: relayed\r\n"
+        f"Message-ID: <relay-{os.getpid()}@example.net>\r\n\r\nOver TLS, or not at all.\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=20) as smtp:
+        refused = smtp.sendmail("a@example.net", ["b@example.org"], content)
+    assert refused == {}
+
+
+def wait_logged(postfix: Postfix, text: str) -> str:
+    """Postfix's log once it has ``text`` (bounded)."""
+    deadline = time.monotonic() + RELAY_TIMEOUT
+    while text not in (log := postfix.log_path.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"no {text!r} logged\n{postfix.tail()}"
+        time.sleep(0.1)
+    return log
+
+
+def wait_deferred(postfix: Postfix) -> list[dict[str, Any]]:
+    """The queue once Postfix has tried and deferred every message (bounded)."""
+    deadline = time.monotonic() + RELAY_TIMEOUT
+    while True:
+        queue = postfix.queue()
+        tried = [r for m in queue for r in m["recipients"] if r.get("delay_reason")]
+        if queue and len(tried) == sum(len(m["recipients"]) for m in queue):
+            return queue
+        assert time.monotonic() < deadline, f"not deferred: {queue}\n{postfix.tail()}"
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(not unprivileged.AS_ROOT, reason="a private Postfix needs root")
+def test_postfix_relaying_with_mandatory_tls_delivers_over_starttls(
+    spool_dir: Path, certificate: tuple[Path, Path]
+) -> None:
+    with relaying(spool_dir, "starttls", certificate) as (server, postfix):
+        submit(postfix)
+        server.wait_for("message_accepted", timeout=RELAY_TIMEOUT)
+        [record] = spooled(server.spool)
+        log = wait_logged(postfix, ": removed")  # sent (wildboar's 250), then dequeued
+        assert "status=sent" in log and postfix.queue() == []
+        wildboar_port = server.port
+    assert record.transaction.helo_name == RELAY_NAME
+    assert record.connection.tls is True and record.transaction.protocol == "ESMTPS"
+    version, cipher = record.connection.tls_version, record.connection.tls_cipher
+    assert version in ("TLSv1.2", "TLSv1.3") and cipher
+    received = record.email.received
+    assert f"from {RELAY_NAME} " in received and "with ESMTPS" in received
+    assert f"(using {version} with cipher {cipher})" in received
+    # Postfix's side of the same session: the version and cipher it logged, and its own
+    # Received field below wildboar's.
+    [(logged_port, logged_version, logged_cipher)] = ESTABLISHED.findall(log)
+    assert (int(logged_port), logged_version, logged_cipher) == (wildboar_port, version, cipher)
+    body = record.email.data.decode()
+    assert body.startswith(received + "\r\n")
+    assert f"by {RELAY_NAME} (Postfix) with ESMTP id" in body
+
+
+@pytest.mark.skipif(not unprivileged.AS_ROOT, reason="a private Postfix needs root")
+def test_postfix_with_mandatory_tls_does_not_deliver_to_a_plaintext_listener(
+    spool_dir: Path, certificate: tuple[Path, Path]
+) -> None:
+    with relaying(spool_dir, "none", certificate) as (server, postfix):
+        submit(postfix)
+        [message] = wait_deferred(postfix)
+        [recipient] = message["recipients"]
+        opened = server.events("connection_open")
+        assert spooled(server.spool) == []
+    assert message["queue_name"] == "deferred"
+    assert recipient["address"] == "b@example.org"
+    assert "TLS is required, but was not offered" in recipient["delay_reason"]
+    assert opened  # Postfix did connect, saw no STARTTLS, and went away
