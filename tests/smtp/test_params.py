@@ -659,3 +659,47 @@ def test_parameter_values_are_ascii_literals_even_with_smtputf8(
     assert rcpt is not None
     reply = client.round(f"RCPT TO:<b@example.org> {rcpt}\r\n".encode())
     assert reply[0].startswith("5"), reply
+
+
+# --- one table: what EHLO lists is what MAIL and RCPT take -----------------------------
+
+_PARAMETER_PROBES = {
+    # keyword listed in EHLO: (command, a parameter it brings)
+    "SIZE": ("MAIL FROM:<a@example.net> SIZE=100", "MAIL"),
+    "8BITMIME": ("MAIL FROM:<a@example.net> BODY=8BITMIME", "MAIL"),
+    "SMTPUTF8": ("MAIL FROM:<a@example.net> SMTPUTF8", "MAIL"),
+    "BINARYMIME": ("MAIL FROM:<a@example.net> BODY=BINARYMIME", "MAIL"),
+    "DSN": ("MAIL FROM:<a@example.net> RET=HDRS ENVID=x", "MAIL"),
+}
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {},
+        {"size": False},
+        {"dsn": False},
+        {"smtputf8": False, "binarymime": False},
+        {"smtputf8": False, "eightbitmime": False, "binarymime": False},
+        {"pipelining": False, "chunking": False, "binarymime": False},
+    ],
+)
+def test_ehlo_keywords_and_parameters_come_from_one_table(switches: dict[str, bool]) -> None:
+    """An extension switched off is neither listed nor taken: its parameter gets 555."""
+    extensions = smtp.Extensions(**switches)
+    client = session(extensions=extensions)
+    [ehlo] = replies(client.send(b"EHLO c.example\r\n"))
+    listed = {line[4:].split()[0].decode() for line in ehlo[1:]}
+    assert ("PIPELINING" in listed) is extensions.pipelining
+    assert ("CHUNKING" in listed) is extensions.chunking
+    for keyword, (command, _) in _PARAMETER_PROBES.items():
+        answer = client.send(command.encode() + b"\r\n")
+        client.send(b"RSET\r\n")
+        body_offered = "BODY=8BITMIME" in command and extensions.binarymime
+        expected = keyword in listed or (keyword == "8BITMIME" and body_offered)
+        assert answer.startswith(b"250 ") is expected, (keyword, answer)
+        if not expected:
+            assert answer.startswith(b"555 5.5.4"), answer
+    rcpt = b"RCPT TO:<b@example.org> NOTIFY=NEVER\r\n"
+    client.send(b"MAIL FROM:<a@example.net>\r\n")
+    assert client.send(rcpt).startswith(b"250 ") is ("DSN" in listed)

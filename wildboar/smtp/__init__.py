@@ -35,9 +35,11 @@ from .events import (
 from .limits import Extensions, Limits
 from .received import address_literal, received_header
 from .replies import Reply
-from .state import State
+from .state import CONTENT, IDLE, State
 
 __all__ = [
+    "CONTENT",
+    "IDLE",
     "NEED_DATA",
     "PAUSED",
     "Accept",

@@ -170,16 +170,13 @@ def _params(text: str, allowed: frozenset[str], *, utf8: bool) -> dict[str, str 
 @functools.lru_cache(maxsize=16)
 def mail_keywords(ext: Extensions, *, extended: bool) -> frozenset[str]:
     """MAIL parameters accepted in this session: none after HELO (RFC 1869 §4.5)."""
-    if not extended:
-        return frozenset()
-    offered = {
-        "SIZE": ext.size,
-        "BODY": ext.eightbitmime or ext.binarymime,
-        "SMTPUTF8": ext.smtputf8,
-        "RET": ext.dsn,
-        "ENVID": ext.dsn,
-    }
-    return frozenset(key for key, on in offered.items() if on)
+    return ext.mail_parameters() if extended else frozenset()
+
+
+@functools.lru_cache(maxsize=16)
+def rcpt_keywords(ext: Extensions, *, extended: bool) -> frozenset[str]:
+    """RCPT parameters accepted in this session: none after HELO."""
+    return ext.rcpt_parameters() if extended else frozenset()
 
 
 def parse_mail(
@@ -289,7 +286,7 @@ def parse_rcpt(
     if split is None:
         return R.SYNTAX_RCPT
     path, rest = split
-    allowed = frozenset({"NOTIFY", "ORCPT"}) if extended and ext.dsn else frozenset()
+    allowed = rcpt_keywords(ext, extended=extended)
     found = _params(rest, allowed, utf8=utf8)
     if isinstance(found, Reply):
         return found

@@ -57,15 +57,17 @@ from .events import (
 from .limits import Extensions, Limits
 from .replies import Reply, plain_lines
 from .state import (
-    BDAT_SEQUENCE,
     BEFORE_TLS,
+    GROUP_EXEMPT,
     IN_TRANSACTION,
     LAST_IN_GROUP,
+    MOVES_WITHOUT_INPUT,
     SEQUENCE,
     Machine,
     State,
     Trigger,
     Verb,
+    bdat_refusal,
 )
 
 CONTENT_REPLIES: dict[ContentError, Reply] = {
@@ -74,10 +76,6 @@ CONTENT_REPLIES: dict[ContentError, Reply] = {
     ContentError.LINE_TOO_LONG: R.TEXT_LINE_TOO_LONG,
     ContentError.TOO_MANY_HOPS: R.TOO_MANY_HOPS,
 }
-# States that can move on with no input at all: an empty BDAT chunk (``BDAT 0 LAST``).
-# Everywhere else (but for an empty chunk being dropped, ``_skip``) an empty buffer means
-# waiting for the client.
-_EMPTY_INPUT_STEPS = frozenset({State.BDAT})
 CloseReason = Literal["quit", "eof", "refused", "error", "local"]
 
 
@@ -207,7 +205,7 @@ class ServerConnection:
             if (
                 not self._buf.data
                 and not self._eof
-                and state not in _EMPTY_INPUT_STEPS
+                and state not in MOVES_WITHOUT_INPUT
                 and self._skip is None
             ):
                 return NEED_DATA  # nothing to parse (a BDAT chunk, read or dropped, may be empty)
@@ -315,21 +313,9 @@ class ServerConnection:
         self._greet(answer)
 
     def _keywords(self) -> list[str]:
-        ext = self.extensions
-        offered = (
-            (ext.pipelining, "PIPELINING"),
-            (ext.size, f"SIZE {self.limits.message_size}"),
-            (self.starttls and not self.tls, "STARTTLS"),
-            (ext.eightbitmime, "8BITMIME"),
-            (ext.smtputf8, "SMTPUTF8"),
-            (True, "ENHANCEDSTATUSCODES"),
-            (ext.chunking, "CHUNKING"),
-            (ext.binarymime, "BINARYMIME"),
-            (ext.dsn, "DSN"),
-            (self.xclient, "XCLIENT ADDR PORT NAME HELO PROTO LOGIN"),
-            (True, "HELP"),
+        return self.extensions.ehlo_keywords(
+            self.limits.message_size, starttls=self.starttls and not self.tls, xclient=self.xclient
         )
-        return [keyword for on, keyword in offered if on]
 
     def _answer_mail(self, question: MailFrom, answer: Answer) -> None:
         if isinstance(answer, Reply):
@@ -412,9 +398,7 @@ class ServerConnection:
         if (
             self._buf.data
             and (verb in LAST_IN_GROUP or not self._pipelining())
-            and verb is not Verb.QUIT
-            and verb is not Verb.BDAT
-            and verb is not Verb.STARTTLS
+            and verb not in GROUP_EXEMPT
         ):
             self._desync()
             return
@@ -484,11 +468,8 @@ class ServerConnection:
             self._reply(R.BDAT_SYNTAX, close="error")  # the chunk's end cannot be known
             return
         size, last = parsed
-        state = self._machine.state
-        refusal = BDAT_SEQUENCE.get(state) if state is State.REFUSED else None
-        if refusal is None and not (self._extended and self.extensions.chunking):
-            refusal = R.BDAT_NOT_OFFERED
-        refusal = refusal or BDAT_SEQUENCE.get(state)
+        offered = self._extended and self.extensions.chunking
+        refusal = bdat_refusal(self._machine.state, offered)
         if refusal is not None:
             self._skip = _Skip(size, refusal, None, counts=True)
         else:

@@ -9,6 +9,8 @@ non-conforming.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import msgspec
 
 # RFC 5321 §4.5.3.1.4: a command line, including CRLF, of at least 512 octets.
@@ -86,10 +88,78 @@ class Extensions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     def command_line_limit(self, base: int) -> int:
         """The longest MAIL/RCPT line accepted, with each offered extension's allowance."""
-        allowances = (
-            (self.size, ALLOWANCE_SIZE),
-            (self.binarymime, ALLOWANCE_BINARYMIME),
-            (self.smtputf8, ALLOWANCE_SMTPUTF8),
-            (self.dsn, ALLOWANCE_DSN),
-        )
-        return base + sum(extra for offered, extra in allowances if offered)
+        return base + sum(e.allowance for e in EXTENSIONS if self.offers(e))
+
+    def offers(self, extension: Extension) -> bool:
+        """Whether ``extension`` is on: its switch here, or, for the ones a session
+        decides (STARTTLS, XCLIENT), False: the session asks ``ehlo_keywords``."""
+        if extension.switch is None:
+            return True
+        return bool(getattr(self, extension.switch, False))
+
+    def ehlo_keywords(self, message_size: int, *, starttls: bool, xclient: bool) -> list[str]:
+        """The EHLO reply's keywords, in the table's order."""
+        session = {"starttls": starttls, "xclient": xclient}
+        keywords = []
+        for extension in EXTENSIONS:
+            on = session.get(extension.switch or "")
+            if on is None:
+                on = self.offers(extension)
+            if on:
+                keywords.append(extension.ehlo(message_size))
+        return keywords
+
+    def mail_parameters(self) -> frozenset[str]:
+        """The MAIL parameters accepted after EHLO (none after HELO, RFC 1869 §4.5)."""
+        return frozenset(p for e in EXTENSIONS if self.offers(e) for p in e.mail)
+
+    def rcpt_parameters(self) -> frozenset[str]:
+        """The RCPT parameters accepted after EHLO."""
+        return frozenset(p for e in EXTENSIONS if self.offers(e) for p in e.rcpt)
+
+
+class Extension(NamedTuple):
+    """One ESMTP extension the server can offer: everything else derives from this."""
+
+    #: The field of ``Extensions`` that switches it (``None``: always offered; "starttls"
+    #: and "xclient": offered by the session, to some clients, in some states).
+    switch: str | None
+    #: Its EHLO keyword, with parameters; ``{size}`` is the session's message size.
+    keyword: str
+    #: The MAIL and RCPT parameters it brings (several may bring the same: BODY).
+    mail: tuple[str, ...] = ()
+    rcpt: tuple[str, ...] = ()
+    #: Octets it may add to a MAIL or RCPT command line (RFC 5321 §4.5.3.1.4).
+    allowance: int = 0
+    #: Where it is defined.
+    rfc: str = ""
+
+    def ehlo(self, message_size: int) -> str:
+        return self.keyword.format(size=message_size)
+
+
+#: The extensions, in the order of the EHLO reply.
+EXTENSIONS: tuple[Extension, ...] = (
+    Extension("pipelining", "PIPELINING", rfc="RFC 2920"),
+    Extension("size", "SIZE {size}", mail=("SIZE",), allowance=ALLOWANCE_SIZE, rfc="RFC 1870"),
+    Extension("starttls", "STARTTLS", rfc="RFC 3207"),
+    Extension("eightbitmime", "8BITMIME", mail=("BODY",), rfc="RFC 6152"),
+    Extension(
+        "smtputf8", "SMTPUTF8", mail=("SMTPUTF8",), allowance=ALLOWANCE_SMTPUTF8, rfc="RFC 6531"
+    ),
+    Extension(None, "ENHANCEDSTATUSCODES", rfc="RFC 2034"),
+    Extension("chunking", "CHUNKING", rfc="RFC 3030"),
+    Extension(
+        "binarymime", "BINARYMIME", mail=("BODY",), allowance=ALLOWANCE_BINARYMIME, rfc="RFC 3030"
+    ),
+    Extension(
+        "dsn",
+        "DSN",
+        mail=("RET", "ENVID"),
+        rcpt=("NOTIFY", "ORCPT"),
+        allowance=ALLOWANCE_DSN,
+        rfc="RFC 3461",
+    ),
+    Extension("xclient", "XCLIENT ADDR PORT NAME HELO PROTO LOGIN", rfc="Postfix XCLIENT"),
+    Extension(None, "HELP", rfc="RFC 5321 §4.1.1.8"),
+)

@@ -4,6 +4,10 @@ state to another lives in this file (RFC 5321 §3.3, §4.1.1, §4.1.4; RFC 3030 
 Rules of this file:
 - ``SEQUENCE`` says which commands are out of order in which state, and the reply they get.
   A (state, verb) pair not in it is in order and goes to its handler.
+- ``BDAT_SEQUENCE`` and ``bdat_refusal`` do the same for BDAT, whose refusals come after
+  its chunk; ``LAST_IN_GROUP`` and ``GROUP_EXEMPT`` are the pipelining rules (RFC 2920),
+  ``BEFORE_TLS`` what a listener that requires TLS takes first, ``CONTENT``, ``IDLE`` and
+  ``MOVES_WITHOUT_INPUT`` the states the I/O layer and the parser treat apart.
 - ``TRANSITIONS`` lists every state change. ``Machine.fire`` refuses a pair not in it: that
   would be a bug in the core, never something a client can cause.
 
@@ -147,6 +151,18 @@ BDAT_SEQUENCE: dict[State, Reply] = {
     State.MAIL: R.NEED_RCPT,
 }
 
+
+def bdat_refusal(state: State, offered: bool) -> Reply | None:
+    """Why a BDAT in ``state`` is refused, if it is (its chunk is read and dropped first,
+    RFC 3030 §2), in this order: a refused session's 503, CHUNKING not offered (after
+    HELO, or switched off), then the transaction's sequence (``BDAT_SEQUENCE``)."""
+    if state is State.REFUSED:
+        return BDAT_SEQUENCE[state]
+    if not offered:
+        return R.BDAT_NOT_OFFERED
+    return BDAT_SEQUENCE.get(state)
+
+
 # RFC 2920 §3.1: EHLO, DATA, VRFY, EXPN, TURN, QUIT and NOOP can only be the last command
 # of a pipelined group, so input already waiting behind them is a synchronization error
 # (policy of Postfix 3.9, smtpd_forbid_unauth_pipelining). HELO starts a session like EHLO
@@ -158,6 +174,11 @@ LAST_IN_GROUP = frozenset({Verb.EHLO, Verb.HELO, Verb.DATA, Verb.VRFY, Verb.NOOP
 # not an error to answer in plaintext: it is dropped unread, so that no plaintext command
 # can be answered inside TLS (CVE-2011-0411).
 
+# Commands that input already waiting behind is never a synchronization error for: QUIT
+# (the session ends either way), BDAT (what follows it is its chunk, RFC 3030 §2), and
+# STARTTLS (what follows it is dropped unread, above).
+GROUP_EXEMPT = frozenset({Verb.QUIT, Verb.BDAT, Verb.STARTTLS})
+
 # What a listener that requires TLS answers before it (RFC 3207 §4: 530 5.7.0 to the
 # rest). BDAT too: no transaction can be open before TLS, so its chunk is read and dropped
 # with the reply of BDAT_SEQUENCE.
@@ -165,6 +186,15 @@ BEFORE_TLS = frozenset({Verb.EHLO, Verb.NOOP, Verb.STARTTLS, Verb.QUIT, Verb.RSE
 
 # States in which the client is inside a mail transaction.
 IN_TRANSACTION = frozenset({*_TRANSACTION, State.DATA, State.BDAT})
+# States in which the client sends message content, not commands (the I/O layer applies
+# its data-block timeout there).
+CONTENT = frozenset({State.DATA, State.BDAT})
+# States without a transaction: a session that is stopping can be closed in one of them.
+IDLE = frozenset({State.GREETING, State.REFUSED, State.CONNECTED, State.READY})
+# States that can move on with no input at all: an empty BDAT chunk (``BDAT 0 LAST``).
+# Everywhere else (but for a chunk being dropped) an empty buffer means waiting for the
+# client.
+MOVES_WITHOUT_INPUT = frozenset({State.BDAT})
 
 
 class Machine:

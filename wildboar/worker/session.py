@@ -50,9 +50,9 @@ ABORT_AFTER = 1.0
 # Draining, a session between transactions is closed if it sends nothing for this long.
 DRAIN_IDLE_GRACE = 1.0
 # States in which the session reads message content (the data-block timeout applies).
-IN_DATA = frozenset({smtp.State.DATA, smtp.State.BDAT})
+IN_DATA = smtp.CONTENT
 # States without a transaction: a draining session in one of them is closed at once.
-IDLE = frozenset({smtp.State.GREETING, smtp.State.REFUSED, smtp.State.CONNECTED, smtp.State.READY})
+IDLE = smtp.IDLE
 Wait = smtp.Wait
 MessageData = smtp.MessageData
 ACCEPT = smtp.Accept()
