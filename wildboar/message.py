@@ -132,11 +132,26 @@ class Email(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Why the server refused a message after its content: the reply the client got."""
+    """Why the message was refused: by the server after its content (the reply the client
+    got), or by a consumer stage behind it (``stage``: its name; the code a bounce for it
+    would carry)."""
 
     code: Annotated[int, msgspec.Meta(ge=400, le=599)]
     enhanced: str
     text: str
+    stage: str | None = None
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """What one consumer stage found (docs/consumers.md): ``result`` is the stage's own
+    word (``pass``, ``tag``, ``reject``; SPF's ``pass``, ``fail``, ``softfail``, ...),
+    ``reason`` a line for people, ``details`` anything else as text."""
+
+    stage: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    result: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    reason: str | None = None
+    time: Time
+    details: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class RecipientStatus(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -170,6 +185,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     rejection: Rejection | None = None
     #: Set only on records waiting for an LMTP retry.
     retry: Retry | None = None
+    #: What each consumer stage the message passed through found, in order.
+    verdicts: list[Verdict] = msgspec.field(default_factory=list)
 
 
 def build_email(
