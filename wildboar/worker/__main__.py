@@ -43,6 +43,7 @@ from ..handoff.retry import RetryQueue
 from ..handoff.spool import SpoolHandoff
 from . import logs
 from .serve import Worker
+from .table import SharedTable, TableError
 from .tls import TlsError
 
 WORKER_BOOT_ERROR = 3
@@ -82,8 +83,13 @@ def build_handoffs(config: Config) -> list[Handoff]:
     return handoffs
 
 
-def receive_sockets(control: socket.socket) -> list[tuple[str, socket.socket]]:
-    """The supervisor's first message: socket names, and the sockets as SCM_RIGHTS."""
+def receive_sockets(
+    control: socket.socket,
+) -> tuple[list[tuple[str, socket.socket]], SharedTable | None]:
+    """The supervisor's first message: socket names, and the sockets as SCM_RIGHTS; after
+    them the descriptors its ``descriptors`` names (``clients``: the shared table of the
+    per-client counts, described by its ``clients`` object). A supervisor that sends no
+    table leaves the worker counting alone (a private table)."""
     control.settimeout(30)
     try:
         data, fds, _, _ = socket.recv_fds(control, MAX_CONTROL_MESSAGE, MAX_SOCKETS)
@@ -92,16 +98,54 @@ def receive_sockets(control: socket.socket) -> list[tuple[str, socket.socket]]:
     try:
         message = json.loads(data)
         names = [str(name) for name in message["names"]]
-    except (ValueError, KeyError, TypeError):
+        described = [str(name) for name in message.get("descriptors", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        _close_all(fds)
         raise BootError("malformed first message from the supervisor") from None
-    if message.get("type") != "sockets" or len(names) != len(fds) or not fds:
+    if message.get("type") != "sockets" or len(names) + len(described) != len(fds) or not names:
+        _close_all(fds)
         raise BootError("the supervisor sent no listening sockets")
+    extra = dict(zip(described, fds[len(names) :], strict=True))
+    table = _shared_table(message.get("clients"), extra.pop("clients", None))
+    _close_all(list(extra.values()))  # of a later version: not ours to use
     control.setblocking(False)
-    return [(name, socket.socket(fileno=fd)) for name, fd in zip(names, fds, strict=True)]
+    listeners = [(name, socket.socket(fileno=fd)) for name, fd in zip(names, fds, strict=False)]
+    return listeners, table
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _shared_table(description: object, fd: int | None) -> SharedTable | None:
+    """The table ``fd`` as ``{"segment": S, "segments": N, "key": HEX}`` describes it."""
+    if fd is None:
+        return None
+    try:
+        if not isinstance(description, dict):
+            raise TypeError
+        segment, segments = description["segment"], description["segments"]
+        key = bytes.fromhex(description["key"])
+        if not all(type(n) is int for n in (segment, segments)):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        os.close(fd)
+        raise BootError(
+            "the supervisor's clients table comes without a valid description"
+        ) from None
+    try:
+        return SharedTable.from_fd(fd, segments, segment, key)
+    except TableError as error:
+        raise BootError(f"the supervisor's clients table: {error}") from None
 
 
 async def run(
-    config: Config, listeners: list[tuple[str, socket.socket]], control: socket.socket | None
+    config: Config,
+    listeners: list[tuple[str, socket.socket]],
+    control: socket.socket | None,
+    table: SharedTable | None = None,
 ) -> None:
     handoffs = build_handoffs(config)
     for handoff in handoffs:
@@ -110,7 +154,7 @@ async def run(
         except HandoffStartError as error:
             raise BootError(f"handoff {handoff.name}: {error}") from None
     try:
-        worker = Worker(config, listeners, handoffs, control)
+        worker = Worker(config, listeners, handoffs, control, table)
     except TlsError as error:
         raise BootError(str(error)) from None
     await worker.run()
@@ -184,10 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = fit_descriptors(config)
     try:
         control = socket.socket(fileno=args.control_fd)
-        listeners = receive_sockets(control)
+        listeners, table = receive_sockets(control)
         # uvloop.run came with uvloop 0.18; Debian 12 has 0.17: the same, by asyncio's Runner.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run(config, listeners, control))
+            runner.run(run(config, listeners, control, table))
     except BootError as error:
         _say(str(error))
         return WORKER_BOOT_ERROR

@@ -34,6 +34,7 @@ from .. import message as M
 from .. import proxy, smtp
 from .. import record as R
 from ..handoff.base import Delivery, local_failure
+from .clients import Client
 from .content import Content
 from .host import Host, RecipientVerifier
 from .logs import log
@@ -101,7 +102,11 @@ class Session(asyncio.Protocol):
         #: Behind a proxy: the trusted networks, and the header's reader until it is read.
         self.proxy_networks = host.proxies(listener)
         self.proxy = proxy.ProxyParser() if self.proxy_networks is not None else None
-        self.counted_ip = ""  # the address the worker counts this session under
+        #: The address the worker counts this session under (None: not yet, behind a
+        #: proxy until its header), and the client of the per-client limits (None: exempt,
+        #: refused, or not known yet).
+        self.counted_ip: str | None = None
+        self.client: Client | None = None
         self.id = M.new_urn()
         self.created = R.now()
         self.transport: asyncio.Transport | None = None
@@ -268,7 +273,8 @@ class Session(asyncio.Protocol):
         elif type(event) is smtp.MailFrom:
             # Draining, a session gets the transaction it came for, not one more.
             late = self.draining and self.transactions > 0
-            refusal = SHUTDOWN if late else self.host.refusal("mail")
+            refusal = SHUTDOWN if late else self.host.limit(self, "mail")
+            refusal = refusal or self.host.refusal("mail")
             if refusal is not None:
                 self._answer(refusal)
                 return
@@ -330,6 +336,8 @@ class Session(asyncio.Protocol):
             relayed=relayed,
             remote=self.client_ip,
         )
+        # The client it names is the one counted and limited, not the proxy.
+        self.refuse = self.refuse or self.host.admit(self)
         # What the client sent behind the header (before our greeting): the core sees it
         # before it greets, and answers it as any client speaking first.
         if event.rest:
@@ -391,6 +399,10 @@ class Session(asyncio.Protocol):
     def _recipient(self, address: str) -> None:
         """Ours by the domain list, then, with an MDA to ask, deliverable by its word (the
         core waits for the answer meanwhile; <Postmaster> is not asked: RFC 5321 §4.5.1)."""
+        limited = self.host.limit(self, "rcpt")
+        if limited is not None:
+            self._answer(limited)
+            return
         policy = self.host.policy
         refusal = policy.check(address)
         verifier = self.host.verifier
