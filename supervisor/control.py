@@ -1,10 +1,11 @@
 """The control channel between the supervisor and one worker (docs/architecture.md).
 
 Owns: the ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair, the encoding of the supervisor's messages
-(``sockets`` with the listening sockets as ``SCM_RIGHTS``, ``drain``) and the parsing of the
-worker's (``ready`` with its pid and drain deadline, ``heartbeat``, ``stopping``) into
-frozen values. One message is one JSON
-object of at most 64 KiB.
+(``sockets`` with the listening sockets as ``SCM_RIGHTS``, then the descriptors its
+``descriptors`` field names, such as ``clients``, the shared table of per-client counts;
+``drain``) and the parsing of the worker's (``ready`` with its pid and drain deadline,
+``heartbeat``, ``stopping``) into frozen values. One message is one JSON object of at most
+64 KiB.
 Must not know: what the supervisor does with a message.
 SECURITY: the worker is unprivileged and not trusted. A message that is too long, nested
 deeper than ``MAX_DEPTH`` (checked before it is parsed: the parser recurses), not JSON, not
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -73,12 +74,31 @@ def _encode(message: dict[str, object]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class Descriptor:
+    """A descriptor sent after the listening sockets: its ``name`` in the message's
+    ``descriptors`` list, and ``about`` it, the message's field of that same name."""
+
+    name: str
+    fd: int
+    about: Mapping[str, object]
+
+
 def send_sockets(
-    channel: socket.socket, names: Sequence[str], fds: Sequence[int], worker: int
+    channel: socket.socket,
+    names: Sequence[str],
+    fds: Sequence[int],
+    worker: int,
+    extra: Sequence[Descriptor] = (),
 ) -> None:
-    """The first message: socket names, with the sockets in the same order as SCM_RIGHTS."""
-    message = _encode({"type": "sockets", "names": list(names), "worker": worker})
-    socket.send_fds(channel, [message], list(fds))
+    """The first message: socket names, with the sockets in the same order as SCM_RIGHTS;
+    then, after them in the same order, the descriptors ``descriptors`` names (a worker
+    that knows none of them takes the sockets as before)."""
+    message: dict[str, object] = {"type": "sockets", "names": list(names), "worker": worker}
+    if extra:
+        message["descriptors"] = [descriptor.name for descriptor in extra]
+        message.update({descriptor.name: dict(descriptor.about) for descriptor in extra})
+    socket.send_fds(channel, [_encode(message)], [*fds, *(d.fd for d in extra)])
 
 
 def send_drain(channel: socket.socket, deadline: float) -> bool:

@@ -8,7 +8,8 @@ SECURITY: a worker starts with ``posix_spawn`` in a session of its own (``setsid
 controlling terminal), every signal unblocked and at its default, and exactly these
 descriptors: ``/dev/null`` as stdin, a pipe of its own as stdout and stderr (read by the
 supervisor, so no worker ever holds the supervisor's terminal, journal stream or log file),
-and its end of the control channel; the listening sockets reach it only over that channel
+and its end of the control channel; the listening sockets (and the shared table of
+per-client counts, ``table.py``) reach it only over that channel
 (every other descriptor of the supervisor is close-on-exec). Its environment is the
 allow-list given by the caller. Its pid is the one ``posix_spawn`` returned, never the one
 it claims. What it writes is cut into lines of at most ``MAX_LINE`` octets, read at most
@@ -30,6 +31,7 @@ from . import control
 from .log import forward
 from .signals import HANDLED
 from .sockets import Listener
+from .table import Share
 
 #: A line of worker output longer than this is cut (and ends with a newline added).
 MAX_LINE: Final = 16 * 1024
@@ -91,6 +93,7 @@ class Worker:
     stopped_accepting: bool = False  # it said "stopping": its listeners are closed
     channel_open: bool = field(default=True)
     partial: bytearray = field(default_factory=bytearray)  # output after its last newline
+    segment: int | None = None  # its segment of the shared table of per-client counts
 
     @property
     def pid(self) -> int:
@@ -141,6 +144,7 @@ def spawn(
     generation: int,
     now: float,
     journal: bool = False,
+    table: Share | None = None,
 ) -> Worker:
     """Start one worker and send it the sockets; ``OSError`` if the command cannot start.
 
@@ -163,12 +167,22 @@ def spawn(
         os.close(writer)
     os.set_blocking(reader, False)
     worker = Worker(index, seq, generation, Process(pid), ours, reader, now)
+    worker.segment = table.segment if table is not None else None
     try:
         names = [listener.name for listener in listeners]
-        control.send_sockets(ours, names, [listener.sock.fileno() for listener in listeners], index)
+        fds = [listener.sock.fileno() for listener in listeners]
+        control.send_sockets(ours, names, fds, index, _descriptors(table))
     except OSError:
         pass  # it died at once: it is reaped like any other, and counts as a boot failure
     return worker
+
+
+def _descriptors(table: Share | None) -> list[control.Descriptor]:
+    """The descriptors a worker gets after its sockets: the shared table, if there is one."""
+    if table is None:
+        return []
+    about = {"segment": table.segment, "segments": table.segments, "key": table.key.hex()}
+    return [control.Descriptor("clients", table.fd, about)]
 
 
 def read_output(worker: Worker) -> bool:
