@@ -255,3 +255,19 @@ def test_ten_thousand_idle_sessions_keep_a_worker_within_a_bound(spool_dir: Path
         )
         assert per_session <= PER_SESSION_BOUND, f"{per_session / 1024:.1f} KiB a session"
         assert elapsed < 120, elapsed
+
+
+def test_a_session_closed_for_its_errors_is_logged_as_a_limit(spool_dir: Path) -> None:
+    env = {"WILDBOAR_LIMITS_ERRORS": "2"}
+    with running_worker(spool_dir, env=env) as worker:
+        conn = greet(worker.port, "127.0.0.1")
+        with conn:
+            conn.sendall(b"FOO\r\nBAR\r\n")
+            replies = b""
+            while b"421" not in replies:
+                chunk = conn.recv(1000)
+                assert chunk, replies
+                replies += chunk
+        assert replies.endswith(b"421 4.7.0 Error: too many errors\r\n"), replies
+        [record] = worker.wait_log("client_limited")
+        assert record["limit"] == "errors" and record["count"] == record["value"] == 2

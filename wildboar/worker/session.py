@@ -286,6 +286,7 @@ class Session(asyncio.Protocol):
         elif type(event) is smtp.TransactionAborted:
             self._aborted(event)
         elif type(event) is smtp.ConnectionClosed:
+            self._ended_by_errors()
             self._close()
         elif type(event) is smtp.StartTls:
             self.host.loop.create_task(self._start_tls())
@@ -500,6 +501,25 @@ class Session(asyncio.Protocol):
         finally:
             content.clear()
         self.host.rejected(self._message(envelope, rejection, message_id, data, transaction))
+
+    def _ended_by_errors(self) -> None:
+        """The core closed the session for its errors (``limits.errors``): said in the log
+        as the per-client limits are."""
+        budget = self.host.config.limits.errors
+        if self.conn.errors < budget:
+            return
+        log(
+            "client_limited",
+            level=30,
+            connection=self.id,
+            server=self.host.id,
+            remote=self.client_ip,
+            stage="session",
+            limit="errors",
+            client=self.client_ip,
+            count=self.conn.errors,
+            value=budget,
+        )
 
     def _close(self) -> None:
         self._flush()
