@@ -14,14 +14,27 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from .. import smtp
 from ..config import Clients
-from .table import CONNECTIONS, MESSAGES, RECIPIENTS, Counts, SharedTable
+from .table import CONNECTIONS, MESSAGES, OPEN, RECIPIENTS, SharedTable
 
 #: The value of a limit that is off (0 in the configuration).
 NO_LIMIT: Final = 1 << 62
+Stage = Literal["connect", "mail", "rcpt"]
+#: Per stage: (the key of the limit, the count it limits, the text beyond it). The count
+#: at connect is of sessions open, this one included once it is let in.
+_LIMITS: Final[dict[str, tuple[tuple[str, int, str], ...]]] = {
+    "connect": (
+        ("connections", OPEN, "Too many connections from {}"),
+        ("connections_per_minute", CONNECTIONS, "Too many connections from {} in the last minute"),
+    ),
+    "mail": (("messages_per_minute", MESSAGES, "Too many messages from {} in the last minute"),),
+    "rcpt": (
+        ("recipients_per_minute", RECIPIENTS, "Too many recipients from {} in the last minute"),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -61,25 +74,25 @@ class ClientLimits:
         if any(ip in network for network in self.exempt):
             return None
         prefix = self.config.ipv4_prefix if ip.version == 4 else self.config.ipv6_prefix
-        network = ipaddress.ip_network((ip, prefix), strict=False)
+        bits = ip.max_prefixlen
+        base = int(ip) >> (bits - prefix) << (bits - prefix)
+        packed = base.to_bytes(bits // 8, "big")
+        network = f"{ipaddress.ip_address(packed)}/{prefix}"
         return Client(
             address=str(ip),
-            network=str(network),
+            network=network,
             address_cells=self.table.cells(b"a" + ip.packed),
-            network_cells=self.table.cells(b"n" + network.network_address.packed + bytes([prefix])),
+            network_cells=self.table.cells(b"n" + packed + bytes([prefix])),
         )
 
     # --- the questions --------------------------------------------------------------------
 
     def connect(self, client: Client) -> Limited | None:
         """A new session of ``client``: refused, or counted as open (``closed`` ends it)."""
-        table = self.table
-        table.begun(client.address_cells, CONNECTIONS)
-        table.begun(client.network_cells, CONNECTIONS)
-        limited = self._check(client, "connect")
+        limited = self._attempt(client, "connect", CONNECTIONS)
         if limited is None:
-            table.opened(client.address_cells, 1)
-            table.opened(client.network_cells, 1)
+            self.table.opened(client.address_cells, 1)
+            self.table.opened(client.network_cells, 1)
         return limited
 
     def closed(self, client: Client) -> None:
@@ -88,53 +101,34 @@ class ClientLimits:
         self.table.opened(client.network_cells, -1)
 
     def mail(self, client: Client) -> Limited | None:
-        self.table.begun(client.address_cells, MESSAGES)
-        self.table.begun(client.network_cells, MESSAGES)
-        return self._check(client, "mail")
+        return self._attempt(client, "mail", MESSAGES)
 
     def rcpt(self, client: Client) -> Limited | None:
-        self.table.begun(client.address_cells, RECIPIENTS)
-        self.table.begun(client.network_cells, RECIPIENTS)
-        return self._check(client, "rcpt")
+        return self._attempt(client, "rcpt", RECIPIENTS)
 
     # --- deciding ----------------------------------------------------------------------------
 
-    def _check(self, client: Client, stage: str) -> Limited | None:
-        """The first limit of ``stage`` that the counts (this attempt included) pass."""
+    def _attempt(self, client: Client, stage: Stage, what: int) -> Limited | None:
+        """Count an attempt of ``stage`` (refused ones count too), then the first limit
+        of the stage that the counts pass, if one is."""
+        table = self.table
+        table.begun(client.address_cells, what)
+        table.begun(client.network_cells, what)
         for scope, cells, who in (
             ("", client.address_cells, client.address),
             ("network_", client.network_cells, client.network),
         ):
-            counts = self.table.counts(cells)
-            for name, count, reply in _measures(stage, counts, who):
+            opened, begun = table.counts(cells, what)
+            for name, measure, text in _LIMITS[stage]:
                 value = getattr(self.config, scope + name) or NO_LIMIT
+                count = opened + 1 if measure == OPEN else begun
                 if count > value:
-                    return Limited(scope + name, reply, count, value, who)
+                    return Limited(scope + name, _reply(stage, text.format(who)), count, value, who)
         return None
 
 
-def _measures(stage: str, counts: Counts, who: str) -> list[tuple[str, int, smtp.Reply]]:
-    """The limits asked at ``stage``: (key, the count it limits, the reply beyond it)."""
+def _reply(stage: Stage, text: str) -> smtp.Reply:
+    """``421 4.7.0`` instead of the greeting, ``450 4.7.1`` to MAIL or RCPT."""
     if stage == "connect":
-        return [
-            # This session is counted as open once it is let in: one more than now.
-            ("connections", counts.open + 1, _refusal(f"Too many connections from {who}")),
-            (
-                "connections_per_minute",
-                counts.connections,
-                _refusal(f"Too many connections from {who} in the last minute"),
-            ),
-        ]
-    if stage == "mail":
-        text = f"Too many messages from {who} in the last minute"
-        return [("messages_per_minute", counts.messages, _deferral(text))]
-    text = f"Too many recipients from {who} in the last minute"
-    return [("recipients_per_minute", counts.recipients, _deferral(text))]
-
-
-def _refusal(text: str) -> smtp.Reply:
-    return smtp.Reply(421, "4.7.0", f"{text}, try again later")
-
-
-def _deferral(text: str) -> smtp.Reply:
+        return smtp.Reply(421, "4.7.0", f"{text}, try again later")
     return smtp.Reply(450, "4.7.1", f"{text}, try again later")

@@ -23,7 +23,6 @@ import hashlib
 import mmap
 import os
 import time
-from dataclasses import dataclass
 from typing import Final
 
 #: Bytes of a segment's header; its first words say who fills the segment, in what layout.
@@ -55,16 +54,6 @@ MAX_SEGMENT_BYTES: Final = 64 * 1024 * 1024
 
 class TableError(Exception):
     """The table passed does not fit its description; the message is for the operator."""
-
-
-@dataclass(frozen=True)
-class Counts:
-    """What all workers counted for a key: open now, and begun in the last minute."""
-
-    open: int
-    connections: int
-    messages: int
-    recipients: int
 
 
 def width_of(segment_bytes: int) -> int:
@@ -178,26 +167,30 @@ class SharedTable:
             self._active_at = now
         return self._active
 
-    def counts(self, cells: tuple[int, ...], now: float | None = None) -> Counts:
-        """The smallest sum over all segments of each count, over the rows of ``cells``."""
+    def counts(
+        self, cells: tuple[int, ...], what: int, now: float | None = None
+    ) -> tuple[int, int]:
+        """(sessions open, ``what`` begun in the last minute) under ``cells``: the sums
+        over all segments, the smallest over the rows."""
         clock = time.monotonic() if now is None else now
-        bucket = _bucket(clock)
-        oldest = bucket + 1 - (BUCKETS - 1)
-        least = [TOP * self.segments] * 4
+        newest = _bucket(clock) + 1
+        oldest = newest - (BUCKETS - 1)
+        words, active = self.words, self.active(clock)
+        least_open = least_begun = TOP * self.segments
         for offset in cells:
-            total = [0, 0, 0, 0]
-            for base in self.active(clock):
-                cell = self.words[base + offset : base + offset + CELL].tolist()
-                total[OPEN] += cell[OPEN]
-                for slot in range(1, CELL, SLOT):
-                    if oldest <= cell[slot] <= bucket + 1:
-                        total[1] += cell[slot + CONNECTIONS]
-                        total[2] += cell[slot + MESSAGES]
-                        total[3] += cell[slot + RECIPIENTS]
-            least = [min(a, b) for a, b in zip(least, total, strict=True)]
-        return Counts(*least)
+            opened = begun = 0
+            for base in active:
+                cell = words[base + offset : base + offset + CELL].tolist()
+                opened += cell[OPEN]
+                for slot in _SLOTS:
+                    if oldest <= cell[slot] <= newest:
+                        begun += cell[slot + what]
+            least_open = min(least_open, opened)
+            least_begun = min(least_begun, begun)
+        return least_open, least_begun
 
 
+_SLOTS: Final = tuple(range(1, CELL, SLOT))
 _ZEROS = memoryview(bytes(4 * (SLOT - 1))).cast("I")
 
 
