@@ -45,6 +45,7 @@ from .notify import Notifier
 from .options import Options
 from .signals import Received, SignalInbox
 from .sockets import Listener
+from .table import Table
 from .workers import (
     Phase,
     Worker,
@@ -161,6 +162,17 @@ class Stop:
     started: float
 
 
+def shared_table(workers_max: int) -> Table | None:
+    """The table the workers share their per-client counts in: a segment for every worker
+    that may live at once (each slot, its successor in a rolling restart, and as many
+    retiring); None, and the workers count alone, when it cannot be made."""
+    try:
+        return Table(2 * workers_max + 2)
+    except OSError as error:
+        log("clients_table_failed", "warning", error=str(error))
+        return None
+
+
 class Arbiter:
     def __init__(
         self,
@@ -195,6 +207,7 @@ class Arbiter:
         self._journal = journal_stream()
         self._orphans: deque[int] = deque(maxlen=ORPHANS_REMEMBERED)
         self._signals_dropped = 0
+        self._table = shared_table(options.workers_max)
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -401,6 +414,8 @@ class Arbiter:
         self._last_words(worker)
         slot, was_successor = self._detach(worker)
         self._close_channel(worker)
+        if worker.segment is not None and self._table is not None:
+            self._table.give_back(worker.segment)  # its sessions ended with it
         self._messages_retired += worker.messages
         expected = slot is None or self._stop is not None
         log(
@@ -486,6 +501,9 @@ class Arbiter:
     def _spawn(self, index: int, now: float) -> Worker | None:
         self._seq += 1
         command, listeners = self._options.worker_command, self._listeners
+        share = self._table.take() if self._table is not None else None
+        if self._table is not None and share is None:
+            log("clients_table_full", "warning", worker=index, segments=self._table.segments)
         try:
             with self._files.descriptors() as files:
                 worker = spawn(
@@ -497,9 +515,12 @@ class Arbiter:
                     generation=self._generation,
                     now=now,
                     journal=self._journal,
+                    table=share,
                     files=files,
                 )
         except OSError as error:
+            if share is not None and self._table is not None:
+                self._table.give_back(share.segment)
             reason = f"cannot start the worker command {command[0]!r}: {error}"
             if not self._announced_ready:
                 self._halt(reason)  # at start: the command itself is wrong

@@ -1,7 +1,9 @@
 """The control channel between the supervisor and one worker (docs/architecture.md).
 
-Owns: the ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair, the encoding of the supervisor's
-messages (``sockets`` with the listening sockets and the passed files as ``SCM_RIGHTS``,
+Owns: the ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair, the encoding of the supervisor's messages
+(``sockets`` with the listening sockets as ``SCM_RIGHTS``, then the descriptors its
+``descriptors`` field names: ``clients``, the shared table of per-client counts, and
+``file.N``, the sealed copies of the ``--pass-file`` files;
 ``drain``) and the parsing of the worker's (``ready`` with its pid and drain deadline,
 ``heartbeat``, ``stopping``) into frozen values. One message is one JSON object of at most
 64 KiB.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -73,19 +75,31 @@ def _encode(message: dict[str, object]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class Descriptor:
+    """A descriptor sent after the listening sockets: its ``name`` in the message's
+    ``descriptors`` list, and ``about`` it, the message's field of that same name."""
+
+    name: str
+    fd: int
+    about: Mapping[str, object]
+
+
 def send_sockets(
     channel: socket.socket,
     names: Sequence[str],
     fds: Sequence[int],
     worker: int,
-    files: Sequence[tuple[str, int]] = (),
+    extra: Sequence[Descriptor] = (),
 ) -> None:
-    """The first message: socket names, with the sockets in the same order as SCM_RIGHTS,
-    then the passed files (``files``: their paths, their descriptors after the sockets')."""
-    fields: dict[str, object] = {"type": "sockets", "names": list(names), "worker": worker}
-    if files:
-        fields["files"] = [path for path, _ in files]
-    socket.send_fds(channel, [_encode(fields)], [*fds, *(fd for _, fd in files)])
+    """The first message: socket names, with the sockets in the same order as SCM_RIGHTS;
+    then, after them in the same order, the descriptors ``descriptors`` names (a worker
+    that knows none of them takes the sockets as before)."""
+    message: dict[str, object] = {"type": "sockets", "names": list(names), "worker": worker}
+    if extra:
+        message["descriptors"] = [descriptor.name for descriptor in extra]
+        message.update({descriptor.name: dict(descriptor.about) for descriptor in extra})
+    socket.send_fds(channel, [_encode(message)], [*fds, *(d.fd for d in extra)])
 
 
 def send_drain(channel: socket.socket, deadline: float) -> bool:

@@ -8,8 +8,9 @@ SECURITY: a worker starts with ``posix_spawn`` in a session of its own (``setsid
 controlling terminal), every signal unblocked and at its default, and exactly these
 descriptors: ``/dev/null`` as stdin, a pipe of its own as stdout and stderr (read by the
 supervisor, so no worker ever holds the supervisor's terminal, journal stream or log file),
-and its end of the control channel; the listening sockets (and the sealed copies of the
-``--pass-file`` files) reach it only over that channel
+and its end of the control channel; the listening sockets (the shared table of
+per-client counts, ``table.py``, and the sealed copies of the ``--pass-file`` files)
+reach it only over that channel
 (every other descriptor of the supervisor is close-on-exec). Its environment is the
 allow-list given by the caller. Its pid is the one ``posix_spawn`` returned, never the one
 it claims. What it writes is cut into lines of at most ``MAX_LINE`` octets, read at most
@@ -31,6 +32,7 @@ from . import control
 from .log import forward
 from .signals import HANDLED
 from .sockets import Listener
+from .table import Share
 
 #: A line of worker output longer than this is cut (and ends with a newline added).
 MAX_LINE: Final = 16 * 1024
@@ -92,6 +94,7 @@ class Worker:
     stopped_accepting: bool = False  # it said "stopping": its listeners are closed
     channel_open: bool = field(default=True)
     partial: bytearray = field(default_factory=bytearray)  # output after its last newline
+    segment: int | None = None  # its segment of the shared table of per-client counts
 
     @property
     def pid(self) -> int:
@@ -142,6 +145,7 @@ def spawn(
     generation: int,
     now: float,
     journal: bool = False,
+    table: Share | None = None,
     files: Sequence[tuple[str, int]] = (),
 ) -> Worker:
     """Start one worker and send it the sockets; ``OSError`` if the command cannot start.
@@ -165,13 +169,26 @@ def spawn(
         os.close(writer)
     os.set_blocking(reader, False)
     worker = Worker(index, seq, generation, Process(pid), ours, reader, now)
+    worker.segment = table.segment if table is not None else None
     try:
         names = [listener.name for listener in listeners]
         fds = [listener.sock.fileno() for listener in listeners]
-        control.send_sockets(ours, names, fds, index, files)
+        control.send_sockets(ours, names, fds, index, _descriptors(table, files))
     except OSError:
         pass  # it died at once: it is reaped like any other, and counts as a boot failure
     return worker
+
+
+def _descriptors(table: Share | None, files: Sequence[tuple[str, int]]) -> list[control.Descriptor]:
+    """The descriptors a worker gets after its sockets: the shared table, if there is one,
+    then each passed file (``file.N``, its path in the message)."""
+    made = [
+        control.Descriptor(f"file.{n}", fd, {"path": path}) for n, (path, fd) in enumerate(files)
+    ]
+    if table is None:
+        return made
+    about = {"segment": table.segment, "segments": table.segments, "key": table.key.hex()}
+    return [control.Descriptor("clients", table.fd, about), *made]
 
 
 def read_output(worker: Worker) -> bool:

@@ -261,6 +261,8 @@ class Sessions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: client beyond them gets 421 4.3.2.
     per_worker: Positive = 1000
     #: Sessions one client address may have open at once in a worker; more get 421 4.7.0.
+    #: An exact safeguard of each worker, exempt networks included; the limits across all
+    #: workers are ``clients.connections`` and its siblings.
     per_client_ip: Positive = 50
     #: Octets of one message's content a session holds in memory; the rest goes to an
     #: unnamed temp file in ``<spool.path>/tmp`` until the handoff reads it back, so a
@@ -269,6 +271,43 @@ class Sessions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Octets of content all deliveries of a worker may hold in memory at once (records
     #: being encoded and handed off); a delivery waits its turn beyond it.
     delivery_memory: Annotated[int, msgspec.Meta(ge=1 << 20, le=1 << 40)] = 32 * 1024 * 1024
+
+
+#: A per-client limit: at most this many (0: no limit).
+Limit = Annotated[int, msgspec.Meta(ge=0, le=1 << 30)]
+
+
+class Clients(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-client limits, held across all workers (docs/operations.md): per client address
+    and per network (``ipv4_prefix``, ``ipv6_prefix``), what it may have open at once and
+    start in the last minute. Beyond one: ``421 4.7.0`` instead of the greeting, or
+    ``450 4.7.1`` to MAIL or RCPT, with a text that names the limit. The counts are shared
+    by the workers of one supervisor; a collision in the bounded table can only add to a
+    count (a client may be limited early, never late). 0 turns a limit off."""
+
+    #: Sessions one client address may have open at once, across all workers.
+    connections: Limit = 20
+    connections_per_minute: Limit = 120  # new sessions of one address in the last minute
+    messages_per_minute: Limit = 300  # transactions (MAIL) of one address in the last minute
+    #: RCPT commands of one address in the last minute (accepted or refused).
+    recipients_per_minute: Limit = 1500
+    #: Sessions one network (see ``ipv4_prefix``) may have open at once, across all workers.
+    network_connections: Limit = 100
+    network_connections_per_minute: Limit = 600  # new sessions of one network, last minute
+    network_messages_per_minute: Limit = 1500  # transactions of one network, last minute
+    network_recipients_per_minute: Limit = 6000  # RCPT commands of one network, last minute
+    #: The prefix length that makes an IPv4 address's network (24: a /24).
+    ipv4_prefix: Annotated[int, msgspec.Meta(ge=8, le=32)] = 24
+    ipv6_prefix: Annotated[int, msgspec.Meta(ge=16, le=128)] = 64  # an IPv6 network's prefix
+    #: Networks not limited (trusted relays, monitoring): ``["127.0.0.0/8", "::1/128"]``.
+    exempt: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+    def __post_init__(self) -> None:
+        for network in self.exempt:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as error:
+                raise ValueError(f"exempt: {error}") from None
 
 
 DEFAULT_SPOOL_PATH = "./spool"
@@ -611,6 +650,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     extensions: Extensions = Extensions()
     timeouts: Timeouts = Timeouts()
     sessions: Sessions = Sessions()
+    clients: Clients = Clients()
     recipients: Recipients = Recipients()
     lmtp: Lmtp = Lmtp()
     #: ``journal`` (native journald fields), ``json`` (one object a line on stderr), or
@@ -681,6 +721,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "extensions": Extensions,
     "timeouts": Timeouts,
     "sessions": Sessions,
+    "clients": Clients,
     "recipients": Recipients,
     "lmtp": Lmtp,
 }

@@ -137,9 +137,11 @@ def test_recipient_limit_is_452_and_the_rest_are_kept(bytewise: bool) -> None:
 def test_error_budget_closes_with_421() -> None:
     client = session(limits=smtp.Limits(errors=3))
     assert client.round(b"FOO\r\n") == ["500 5.5.2"]
+    assert client.conn.errors == 1
     assert client.round(b"BAR\r\n") == ["500 5.5.2"]
     assert client.round(b"BAZ\r\n") == ["500 5.5.2", "421 4.7.0"]
     assert client.closed
+    assert client.conn.errors == 3
 
 
 def test_command_budget_closes_with_421() -> None:

@@ -320,9 +320,12 @@ def receive_sockets(control: socket.socket) -> list[socket.socket]:
     control.settimeout(10)
     data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 64)
     message = json.loads(data)
-    if message.get("type") != "sockets" or len(message["names"]) != len(fds) or not fds:
+    names, described = message["names"], message.get("descriptors", [])
+    if message.get("type") != "sockets" or len(names) + len(described) != len(fds) or not names:
         raise SystemExit(f"echo_worker: bad first message {message!r} with {len(fds)} fds")
-    return [socket.socket(fileno=fd) for fd in fds]
+    for fd in fds[len(names) :]:  # the descriptors after the listeners: not used here
+        os.close(fd)
+    return [socket.socket(fileno=fd) for fd in fds[: len(names)]]
 
 
 def main() -> int:

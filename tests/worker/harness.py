@@ -41,7 +41,10 @@ class WorkerProcess:
         *extra: str,
         env: dict[str, str] | None = None,
         max_files: int | None = None,
+        send: bool = True,
     ) -> None:
+        """``send``: send the first message (the sockets, as a supervisor without a table
+        of per-client counts does); else the test sends its own on ``control``."""
         self.spool = spool
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,12 +83,16 @@ class WorkerProcess:
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
         self.messages: list[dict[str, Any]] = []
+        if send:
+            self.send_sockets()
+        self.control.settimeout(20)
+
+    def send_sockets(self) -> None:
         socket.send_fds(
             self.control,
             [json.dumps({"type": "sockets", "names": ["smtp"], "worker": 1}).encode()],
             [self.listener.fileno()],
         )
-        self.control.settimeout(20)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None

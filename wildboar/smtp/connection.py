@@ -167,6 +167,12 @@ class ServerConnection:
         return self._machine.state
 
     @property
+    def errors(self) -> int:
+        """Client errors so far, counted against ``limits.errors`` (its ``421 4.7.0``
+        closes the session when they reach it)."""
+        return self._errors
+
+    @property
     def input_backlog(self) -> int:
         """Bytes received and not yet consumed; the I/O layer pauses reading above a mark."""
         return len(self._buf.data)

@@ -22,7 +22,7 @@ import resource
 import socket
 import sys
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import uvloop
@@ -44,6 +44,7 @@ from ..handoff.retry import RetryQueue
 from ..handoff.spool import SpoolHandoff
 from . import logs
 from .serve import Worker
+from .table import SharedTable, TableError
 from .tls import TlsError
 
 WORKER_BOOT_ERROR = 3
@@ -85,43 +86,89 @@ def build_handoffs(config: Config) -> list[Handoff]:
 
 
 class Received(NamedTuple):
-    """The supervisor's first message: the listening sockets by name, and the files it
-    read for this worker (``--pass-file``: TLS certificates and keys) by path."""
+    """The supervisor's first message: the listening sockets by name, the shared table of
+    per-client counts (None: count alone), and the files it read for this worker
+    (``--pass-file``: TLS certificates and keys) by path."""
 
     listeners: list[tuple[str, socket.socket]]
+    table: SharedTable | None
     files: dict[str, int]
 
 
 def receive_sockets(control: socket.socket) -> Received:
-    """The supervisor's first message: socket names, and the sockets as SCM_RIGHTS, then
-    the passed files' descriptors, in the order of their paths."""
+    """The supervisor's first message: socket names, and the sockets as SCM_RIGHTS; after
+    them the descriptors its ``descriptors`` names (``clients``: the shared table of the
+    per-client counts, described by its ``clients`` object; ``file.N``: a passed file,
+    whose ``path`` its object gives). A supervisor that sends no table leaves the worker
+    counting alone (a private table)."""
     control.settimeout(30)
     try:
-        data, fds, _, _ = socket.recv_fds(control, MAX_CONTROL_MESSAGE, MAX_SOCKETS + MAX_FILES)
+        data, fds, _, _ = socket.recv_fds(control, MAX_CONTROL_MESSAGE, MAX_SOCKETS + MAX_FILES + 8)
     except OSError as error:
         raise BootError(f"no sockets from the supervisor: {error}") from None
     try:
         message = json.loads(data)
         names = [str(name) for name in message["names"]]
-        paths = [str(path) for path in message.get("files", [])]
-    except (ValueError, KeyError, TypeError):
-        for fd in fds:
-            os.close(fd)
+        described = [str(name) for name in message.get("descriptors", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        _close_all(fds)
         raise BootError("malformed first message from the supervisor") from None
-    if message.get("type") != "sockets" or len(names) + len(paths) != len(fds) or not names:
-        for fd in fds:
-            os.close(fd)
+    if message.get("type") != "sockets" or len(names) + len(described) != len(fds) or not names:
+        _close_all(fds)
         raise BootError("the supervisor sent no listening sockets")
+    extra = dict(zip(described, fds[len(names) :], strict=True))
+    files = _passed_files(message, extra)
+    table = _shared_table(message.get("clients"), extra.pop("clients", None))
+    _close_all(list(extra.values()))  # of a later version: not ours to use
     control.setblocking(False)
-    sockets, passed = fds[: len(names)], fds[len(names) :]
-    return Received(
-        [(name, socket.socket(fileno=fd)) for name, fd in zip(names, sockets, strict=True)],
-        dict(zip(paths, passed, strict=True)),
-    )
+    listeners = [(name, socket.socket(fileno=fd)) for name, fd in zip(names, fds, strict=False)]
+    return Received(listeners, table, files)
+
+
+def _passed_files(message: dict[str, Any], extra: dict[str, int]) -> dict[str, int]:
+    """The ``file.N`` descriptors, taken out of ``extra``, by the path each names."""
+    files: dict[str, int] = {}
+    for name in [name for name in extra if name.startswith("file.")]:
+        fd = extra.pop(name)
+        about = message.get(name)
+        path = about.get("path") if isinstance(about, dict) else None
+        if not isinstance(path, str) or not path.startswith("/"):
+            _close_all([fd, *files.values(), *extra.values()])
+            raise BootError(f"the supervisor's {name} comes without a valid path")
+        files[path] = fd
+    return files
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _shared_table(description: object, fd: int | None) -> SharedTable | None:
+    """The table ``fd`` as ``{"segment": S, "segments": N, "key": HEX}`` describes it."""
+    if fd is None:
+        return None
+    try:
+        if not isinstance(description, dict):
+            raise TypeError
+        segment, segments = description["segment"], description["segments"]
+        key = bytes.fromhex(description["key"])
+        if not all(type(n) is int for n in (segment, segments)):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        os.close(fd)
+        raise BootError(
+            "the supervisor's clients table comes without a valid description"
+        ) from None
+    try:
+        return SharedTable.from_fd(fd, segments, segment, key)
+    except TableError as error:
+        raise BootError(f"the supervisor's clients table: {error}") from None
 
 
 async def run(config: Config, received: Received, control: socket.socket | None) -> None:
-    listeners = received.listeners
+    listeners, table = received.listeners, received.table
     handoffs = build_handoffs(config)
     for handoff in handoffs:
         try:
@@ -129,7 +176,7 @@ async def run(config: Config, received: Received, control: socket.socket | None)
         except HandoffStartError as error:
             raise BootError(f"handoff {handoff.name}: {error}") from None
     try:
-        worker = Worker(config, listeners, handoffs, control, files=received.files)
+        worker = Worker(config, listeners, handoffs, control, table, files=received.files)
     except TlsError as error:
         raise BootError(str(error)) from None
     finally:

@@ -5,7 +5,8 @@ Owns: ``Host``, the typing.Protocol naming exactly what a ``Session`` asks of it
 (its clock and loop, its configuration and offered extensions, the recipient policy and the
 MDA's recipient check, the delivery budget and the spill directory, the handoffs' refusal,
 delivery and rejected record, the accepted-message count, the proxies a listener trusts,
-the count of sessions per client address and the end of a session), and
+the per-client limits at connect, MAIL and RCPT, the count of sessions per client address
+and the end of a session), and
 ``RecipientVerifier``, the recipient check at RCPT time.
 Must not know: the ``Worker`` class, sessions, handoffs (any object with these members is
 a host: the worker, or a test double).
@@ -99,6 +100,14 @@ class Host(Protocol[S_contra]):
     def rejected(self, message: M.Message) -> None: ...
 
     async def deliver(self, message: M.Message) -> Delivery: ...
+
+    def admit(self, session: S_contra) -> smtp.Reply | None:
+        """The session's client is known: count it; why it may not be served, if so."""
+        ...
+
+    def limit(self, session: S_contra, stage: Literal["mail", "rcpt"]) -> smtp.Reply | None:
+        """The reply to MAIL or RCPT when the session's client reached a limit."""
+        ...
 
     def session_closed(self, session: S_contra) -> None: ...
 

@@ -1,7 +1,8 @@
 """The worker: accept loops on the inherited listening sockets, sessions, handoffs, the
 control channel to the supervisor, graceful drain.
 
-Owns: the event loop's long-lived tasks, connection limits (per worker, per client IP),
+Owns: the event loop's long-lived tasks, connection limits (per worker, per client IP in
+the worker, and the per-client limits shared by all workers: ``clients.py``),
 the accept loop's resilience (EMFILE/ENFILE back-off), deadlines (one sweeper instead of a
 timer per session), heartbeats and the drain sequence.
 Must not know: SMTP syntax (``wildboar.smtp``), storage (``wildboar.handoff``).
@@ -32,10 +33,12 @@ from ..handoff.base import Delivery, Handoff, combine
 from ..handoff.lmtp import LmtpHandoff
 from ..policy import RecipientPolicy
 from . import proxied, tls
+from .clients import ClientLimits, Limited
 from .content import Budget, content_directory
 from .host import IPNetwork
 from .logs import add_sink, flush, log
 from .session import SHUTDOWN, TIMEOUT, TOO_MANY_SESSIONS, Session
+from .table import SharedTable
 
 # trio's ACCEPT_CAPACITY_ERRNOS: out of descriptors or kernel memory. Back off, retry.
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -56,6 +59,7 @@ class Worker:
         listeners: list[tuple[str, socket.socket]],
         handoffs: list[Handoff],
         control: socket.socket | None,
+        table: SharedTable | None = None,
         *,
         files: Mapping[str, int] | None = None,
     ) -> None:
@@ -93,6 +97,9 @@ class Worker:
             for listener in config.listen
         }
         self.policy = RecipientPolicy(config.recipients.domains)
+        # Per-client limits across all workers, in the supervisor's table if it sent one.
+        self.shared_table = table is not None
+        self.clients = ClientLimits(config.clients, table or SharedTable.private())
         # What every handoff can take is what the sessions offer (asked after start()).
         self.extensions = config.extensions
         for handoff in handoffs:
@@ -137,6 +144,7 @@ class Worker:
             pid=os.getpid(),
             listeners=[n for n, _ in self.listeners],
             content_directory=self.content_directory,
+            clients_table="shared" if self.shared_table else "private",
         )
         # The drain deadline of this worker's configuration: after a HUP the supervisor
         # drains it with the reloaded value, not the one it was started with.
@@ -188,21 +196,64 @@ class Worker:
 
     def _start_session(self, name: str, conn: socket.socket) -> None:
         conn.setblocking(False)
-        ip = _ip_of(conn)
-        limits = self.config.sessions
-        full = len(self.sessions) >= limits.per_worker or self.per_ip[ip] >= limits.per_client_ip
+        full = len(self.sessions) >= self.config.sessions.per_worker
         # A client that talks before the greeting is refused; on a listener that reads a
         # PROXY header or starts with TLS, the first octets are not the client's SMTP.
         early = name not in self._proxies and self._implicit(name) is None and _spoke_first(conn)
         session = Session(self, name, TOO_MANY_SESSIONS if full else None, early)
         self.sessions.add(session)
-        self.per_ip[ip] += 1
-        session.client_ip = session.counted_ip = ip
+        session.client_ip = _ip_of(conn)
+        if name not in self._proxies:  # behind a proxy: once its header names the client
+            session.refuse = session.refuse or self.admit(session)
         self.loop.create_task(self._connect(session, conn))
 
     def _implicit(self, listener: str) -> ssl.SSLContext | None:
         setup = self._tls.get(listener)
         return setup.context if setup is not None and setup.mode == "implicit" else None
+
+    def admit(self, session: Session) -> smtp.Reply | None:
+        """The client of ``session`` is known (the peer, or the one a PROXY header names):
+        count it, and say why it may not be served (a limit it reached), if it may not."""
+        ip = session.client_ip
+        self.per_ip[ip] += 1
+        session.counted_ip = ip
+        if self.per_ip[ip] > self.config.sessions.per_client_ip:
+            return TOO_MANY_SESSIONS
+        client = self.clients.client(ip)
+        if client is None:  # exempt
+            return None
+        limited = self.clients.connect(client)
+        if limited is not None:
+            self._limited(session, limited, "connect")
+            return limited.reply
+        session.client = client
+        return None
+
+    def limit(self, session: Session, stage: Literal["mail", "rcpt"]) -> smtp.Reply | None:
+        """The reply to MAIL or RCPT when the client reached a limit of that stage."""
+        client = session.client
+        if client is None:
+            return None
+        limited = self.clients.mail(client) if stage == "mail" else self.clients.rcpt(client)
+        if limited is None:
+            return None
+        self._limited(session, limited, stage)
+        return limited.reply
+
+    def _limited(self, session: Session, limited: Limited, stage: str) -> None:
+        log(
+            "client_limited",
+            level=30,
+            connection=session.id,
+            server=self.id,
+            remote=session.client_ip,
+            stage=stage,
+            limit=limited.limit,
+            client=limited.client,
+            count=limited.count,
+            value=limited.value,
+            reply=limited.reply.to_bytes().decode().strip(),
+        )
 
     async def _connect(self, session: Session, conn: socket.socket) -> None:
         implicit = self._implicit(session.listener)
@@ -250,6 +301,8 @@ class Worker:
                 reason=header.reason)  # fmt: skip
             return False
         session.proxied(header)
+        # The client it names is the one counted and limited, not the proxy.
+        session.refuse = session.refuse or self.admit(session)
         if self._implicit(session.listener) is None:
             session.spoke_first = _spoke_first(conn)
         log(
@@ -265,17 +318,33 @@ class Worker:
     def session_closed(self, session: Session) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
-            # The address it was counted under (a PROXY header changes client_ip later).
+            if session.client is not None:
+                self.clients.closed(session.client)
+                session.client = None
+            if session.counted_ip is None:
+                return  # behind a proxy, closed before its header: never counted
+            # The address it was counted under (a PROXY header or XCLIENT moves it).
             self._uncount(session.counted_ip)
 
     def recount(self, session: Session, address: str) -> bool:
-        """XCLIENT named the session's client: it counts under that address from now on,
-        if the address is under ``sessions.per_client_ip`` here."""
+        """XCLIENT named the session's client: it counts under that address from now on
+        (the session cap per address, and the per-client limits), if the address is under
+        its limits; False, and nothing changed, if not."""
         if address == session.counted_ip or session not in self.sessions:
             return True
         if self.per_ip[address] >= self.config.sessions.per_client_ip:
             return False
-        self._uncount(session.counted_ip)
+        client = self.clients.client(address)
+        if client is not None:
+            limited = self.clients.connect(client)
+            if limited is not None:
+                self._limited(session, limited, "xclient")
+                return False
+        if session.client is not None:
+            self.clients.closed(session.client)
+        session.client = client
+        if session.counted_ip is not None:
+            self._uncount(session.counted_ip)
         self.per_ip[address] += 1
         session.counted_ip = address
         return True

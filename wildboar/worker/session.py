@@ -34,6 +34,7 @@ from .. import message as M
 from .. import proxy, smtp
 from .. import record as R
 from ..handoff.base import Delivery, local_failure
+from .clients import Client
 from .content import Content
 from .host import Host, RecipientVerifier
 from .logs import log
@@ -99,7 +100,11 @@ class Session(asyncio.Protocol):
         self.xclient_networks = host.xclient_hosts(listener)
         #: The client as the connection (or its PROXY header) gave it, before any XCLIENT.
         self.origin: M.Remote | None = None
-        self.counted_ip = ""  # the address the worker counts this session under
+        #: The address the worker counts this session under (None: not yet, behind a
+        #: proxy until its header), and the client of the per-client limits (None: exempt,
+        #: refused, or not known yet).
+        self.counted_ip: str | None = None
+        self.client: Client | None = None
         self.id = M.new_urn()
         self.created = R.now()
         self.transport: asyncio.Transport | None = None
@@ -287,6 +292,7 @@ class Session(asyncio.Protocol):
         elif type(event) is smtp.TransactionAborted:
             self._aborted(event)
         elif type(event) is smtp.ConnectionClosed:
+            self._ended_by_errors()
             self._close()
         elif type(event) is smtp.StartTls:
             self.host.loop.create_task(self._start_tls())
@@ -300,7 +306,8 @@ class Session(asyncio.Protocol):
     def _mail(self, event: smtp.MailFrom) -> None:
         # Draining, a session gets the transaction it came for, not one more.
         late = self.draining and self.transactions > 0
-        refusal = SHUTDOWN if late else self.host.refusal("mail")
+        refusal = SHUTDOWN if late else self.host.limit(self, "mail")
+        refusal = refusal or self.host.refusal("mail")
         if refusal is not None:
             self._answer(refusal)
             return
@@ -350,6 +357,8 @@ class Session(asyncio.Protocol):
         and the record. A proxy that terminated TLS (an SSL TLV saying the client used it)
         makes the session a TLS one: STARTTLS is not offered, ``require_tls`` is met."""
         self.relayed = header
+        if header.command is proxy.Command.PROXY and header.source is not None:
+            self.client_ip = str(header.source.ip)  # counted and limited, not the proxy
         ssl = header.tlvs.ssl
         if ssl is not None and ssl.tls and self.tls_mode != "implicit":
             self.conn = self._core(tls=True)
@@ -411,6 +420,10 @@ class Session(asyncio.Protocol):
     def _recipient(self, address: str) -> None:
         """Ours by the domain list, then, with an MDA to ask, deliverable by its word (the
         core waits for the answer meanwhile; <Postmaster> is not asked: RFC 5321 §4.5.1)."""
+        limited = self.host.limit(self, "rcpt")
+        if limited is not None:
+            self._answer(limited)
+            return
         policy = self.host.policy
         refusal = policy.check(address)
         verifier = self.host.verifier
@@ -508,6 +521,25 @@ class Session(asyncio.Protocol):
         finally:
             content.clear()
         self.host.rejected(self._message(envelope, rejection, message_id, data, transaction))
+
+    def _ended_by_errors(self) -> None:
+        """The core closed the session for its errors (``limits.errors``): said in the log
+        as the per-client limits are."""
+        budget = self.host.config.limits.errors
+        if self.conn.errors < budget:
+            return
+        log(
+            "client_limited",
+            level=30,
+            connection=self.id,
+            server=self.host.id,
+            remote=self.client_ip,
+            stage="session",
+            limit="errors",
+            client=self.client_ip,
+            count=self.conn.errors,
+            value=budget,
+        )
 
     def _close(self) -> None:
         self._flush()
