@@ -182,6 +182,7 @@ def test_json_keys_are_camel_case_with_from_for_the_sender(message: M.Message) -
         "email",
         "rejection",
         "retry",
+        "verdicts",
     }
     assert set(record["server"]) == {"id", "creationTime", "hostname"}
     assert set(record["connection"]) == {
