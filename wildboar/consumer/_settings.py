@@ -65,24 +65,22 @@ def endpoint(environ: Mapping[str, str], name: str, default_port: int) -> tuple[
     value = text(environ, name)
     if value is None:
         return None
-    host, port = _split_host_port(value, default_port)
+    host, port = _split_host_port(value)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise SettingError(f"{name}={value!r}: not an IP address (and optional :PORT)") from None
-    if not 0 < port <= 65535:
-        raise SettingError(f"{name}={value!r}: port {port} is not 1 to 65535")
-    return str(address), port
+    number = int(port) if port.isdigit() else default_port if not port else -1
+    if not 0 < number <= 65535:
+        raise SettingError(f"{name}={value!r}: port {port!r} is not a number from 1 to 65535")
+    return str(address), number
 
 
-def _split_host_port(value: str, default_port: int) -> tuple[str, int]:
+def _split_host_port(value: str) -> tuple[str, str]:
     if value.startswith("["):
         host, _, rest = value[1:].partition("]")
-        port = rest.removeprefix(":") if rest.startswith(":") else rest
-    elif value.count(":") == 1:
+        return host, rest.removeprefix(":") if rest.startswith(":") else rest or ""
+    if value.count(":") == 1:
         host, _, port = value.partition(":")
-    else:  # an IPv4 address alone, or an IPv6 address alone
-        host, port = value, ""
-    if not port:
-        return host, default_port
-    return host, int(port) if port.isdigit() else -1
+        return host, port
+    return value, ""  # an IPv4 address alone, or an IPv6 address alone

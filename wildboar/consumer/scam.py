@@ -146,7 +146,11 @@ def _parts(message: email.message.Message) -> Iterator[email.message.Message]:
         elif depth < MAX_DEPTH:
             children = part.get_payload()
             if isinstance(children, list):
-                stack.extend((child, depth + 1) for child in reversed(children))
+                stack.extend(
+                    (child, depth + 1)
+                    for child in reversed(children)
+                    if isinstance(child, email.message.Message)
+                )
 
 
 def _decoded(part: email.message.Message) -> str:
