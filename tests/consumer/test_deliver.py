@@ -4,8 +4,9 @@ whoever had it, 5xx refused with a bounce in the bounce spool."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -19,6 +20,19 @@ from wildboar.handoff.spool import Spool
 from .stages import Context, event_of, record_of
 
 CONTEXT = Context("deliver")
+T = TypeVar("T")
+
+
+def run_stage(stage: Coroutine[Any, Any, T]) -> T:
+    """Run a call of the stage on an event loop of its own, closing its connections after."""
+
+    async def then_close() -> T:
+        try:
+            return await stage
+        finally:
+            await deliver.close()
+
+    return run(then_close())
 
 
 @pytest.fixture
@@ -41,7 +55,7 @@ def test_every_recipient_delivered_once_goes_on_with_a_verdict(dovecot: Dovecot)
     content = b"Subject: hello\r\n\r\nHello, both.\r\n..and a dot line\r\n"
     message = make_message(to=("alice@example.org", "bob@example.org"), content=content)
     config = settings_for(dovecot, unix=True)
-    result = run(deliver.handle(event_of(message), CONTEXT, config))
+    result = run_stage(deliver.handle(event_of(message), CONTEXT, config))
     record = record_of(result)
     assert record.rejection is None
     verdict = record.verdicts[-1]
@@ -52,7 +66,7 @@ def test_every_recipient_delivered_once_goes_on_with_a_verdict(dovecot: Dovecot)
         [stored] = dovecot.maildir_messages(user)
         assert stored.endswith(message.email.data)
     # The runtime may hand the same message over again (at least once): no second copy.
-    run(deliver.handle(event_of(message), CONTEXT, config))
+    run_stage(deliver.handle(event_of(message), CONTEXT, config))
     assert [len(dovecot.maildir_messages(user)) for user in ("alice", "bob")] == [1, 1]
 
 
@@ -62,12 +76,12 @@ def test_a_4xx_is_retried_and_the_retry_skips_who_got_it(dovecot: Dovecot) -> No
     config = settings_for(dovecot)
     event = event_of(message)
     with pytest.raises(Retry, match=r"carol@example.org: 452 4.2.2"):
-        run(deliver.handle(event, CONTEXT, config))
+        run_stage(deliver.handle(event, CONTEXT, config))
     assert len(dovecot.maildir_messages("alice")) == 1
     with pytest.raises(Retry):
-        run(deliver.handle(event, CONTEXT, config))
+        run_stage(deliver.handle(event, CONTEXT, config))
     dovecot.expunge("carol")
-    result = record_of(run(deliver.handle(event, CONTEXT, config)))
+    result = record_of(run_stage(deliver.handle(event, CONTEXT, config)))
     assert result.verdicts[-1].result == "delivered"
     assert set(result.verdicts[-1].details) == {"alice@example.org", "carol@example.org"}
     [alices] = dovecot.maildir_messages("alice")
@@ -79,7 +93,9 @@ def test_an_mda_that_cannot_be_reached_is_retried(dovecot: Dovecot) -> None:
     config = settings_for(dovecot)
     dovecot.stop(graceful=False)
     with pytest.raises(Retry, match=r"alice@example.org: 451 4.3.0"):
-        run(deliver.handle(event_of(make_message(to=("alice@example.org",))), CONTEXT, config))
+        run_stage(
+            deliver.handle(event_of(make_message(to=("alice@example.org",))), CONTEXT, config)
+        )
 
 
 def test_every_recipient_refused_is_rejected_with_a_bounce(
@@ -87,7 +103,7 @@ def test_every_recipient_refused_is_rejected_with_a_bounce(
 ) -> None:
     message = make_message(to=("nobody-here@example.org",))
     config = settings_for(dovecot, bounces=tmp_path / "bounce")
-    record = record_of(run(deliver.handle(event_of(message), CONTEXT, config)))
+    record = record_of(run_stage(deliver.handle(event_of(message), CONTEXT, config)))
     assert record.rejection is not None
     assert (record.rejection.code, record.rejection.enhanced, record.rejection.stage) == (
         550,
@@ -106,7 +122,7 @@ def test_every_recipient_refused_is_rejected_with_a_bounce(
 def test_some_refused_goes_on_as_partial(dovecot: Dovecot, tmp_path: Path) -> None:
     message = make_message(to=("alice@example.org", "nobody-here@example.org"))
     config = settings_for(dovecot, bounces=tmp_path / "bounce")
-    record = record_of(run(deliver.handle(event_of(message), CONTEXT, config)))
+    record = record_of(run_stage(deliver.handle(event_of(message), CONTEXT, config)))
     assert record.rejection is None
     verdict = record.verdicts[-1]
     assert verdict.result == "partial"
@@ -120,11 +136,11 @@ def test_no_bounce_without_a_bounce_spool_nor_for_a_null_sender(
     dovecot: Dovecot, tmp_path: Path
 ) -> None:
     refused = make_message(to=("nobody-here@example.org",))
-    result = record_of(run(deliver.handle(event_of(refused), CONTEXT, settings_for(dovecot))))
+    result = record_of(run_stage(deliver.handle(event_of(refused), CONTEXT, settings_for(dovecot))))
     assert result.verdicts[-1].details["dsn"] == "none"
     null = make_message(sender="", to=("nobody-here@example.org",))
     config = settings_for(dovecot, bounces=tmp_path / "bounce")
-    result = record_of(run(deliver.handle(event_of(null), CONTEXT, config)))
+    result = record_of(run_stage(deliver.handle(event_of(null), CONTEXT, config)))
     assert result.verdicts[-1].details["dsn"] == "none"
     assert bounces_in(tmp_path / "bounce") == []
 
@@ -150,7 +166,7 @@ def test_settings_come_from_the_environment(
     monkeypatch.setenv("WILDBOAR_DELIVER_LMTP", f"lmtp:127.0.0.1:{dovecot.port}")
     try:
         message = make_message(to=("bob@example.org",))
-        record = record_of(run(deliver.handler(event_of(message), CONTEXT)))
+        record = record_of(run_stage(deliver.handler(event_of(message), CONTEXT)))
     finally:
         deliver.settings.cache_clear()
     assert record.verdicts[-1].result == "delivered"

@@ -26,7 +26,7 @@ connection per event loop), and the MDA's reply for each recipient decides what 
 Settings: ``WILDBOAR_DELIVER_LMTP`` (required), ``WILDBOAR_DELIVER_LHLO`` (the LHLO name and
 the bounce's reporting MTA; default: this host's name), ``WILDBOAR_DELIVER_BOUNCES`` (a
 spool directory; unset: no bounce is kept, and the rejected record is the only word of a
-refusal).
+refusal). ``close()`` closes the connections of the running event loop.
 
 Owns: mapping the MDA's per-recipient replies onto the stage contract, as above.
 Must not know: brokers, queues and how retries are scheduled (the runtime's).
@@ -163,6 +163,13 @@ def _handoff(config: Settings) -> LmtpHandoff:
     if config not in per_loop:
         per_loop[config] = LmtpHandoff(Lmtp(url=config.url, lhlo=config.lhlo), config.lhlo)
     return per_loop[config]
+
+
+async def close() -> None:
+    """Close the connections to the mail store of the running event loop (for a runtime
+    that stops, or a test that ends its loop; the next message opens new ones)."""
+    for handoff in _handoffs.pop(asyncio.get_running_loop(), {}).values():
+        await handoff.close()
 
 
 async def _bounce(
