@@ -16,11 +16,14 @@ What the handler returns decides the next hop:
 - ``None``: dropped, with a log event.
 
 A handler that raises is retried, then dead-lettered; none of this is the handler's
-business. The helpers here keep a handler free of wildboar's classes, so that it runs on
+business. ``Retry`` is the exception a handler raises to say so on purpose (a mail store
+that answered 4xx, a DNS lookup that timed out): any exception is retried alike; ``Retry``
+marks one expected to pass, and its name says so in the log and the dead-letter headers.
+The helpers here keep a handler free of wildboar's classes, so that it runs on
 AWS Lambda unchanged: they take and give plain dicts.
 
 Owns: the contract above and its helpers (``content``, ``add_verdict``, ``reject``,
-``verdicts``).
+``verdicts``, ``Retry``).
 Must not know: brokers, queues, retries (``wildboar.consumer.runtime``).
 """
 
@@ -30,9 +33,14 @@ import base64
 import datetime
 from typing import Any
 
-__all__ = ["add_verdict", "content", "reject", "verdicts"]
+__all__ = ["Retry", "add_verdict", "content", "reject", "verdicts"]
 
 Event = dict[str, Any]
+
+
+class Retry(Exception):
+    """A temporary failure: the handler wants the message again later (the runtime retries
+    it, then dead-letters it). ``str()`` is one line saying what failed."""
 
 
 def content(event: Event) -> bytes:

@@ -1,0 +1,88 @@
+"""The store stage (wildboar.consumer.store): a message as ``.eml`` and its record as
+``.json``, durably, once per id however often it comes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.records import make_message
+from wildboar import message as M
+from wildboar.consumer import add_verdict, store
+from wildboar.consumer._settings import SettingError
+
+from .stages import Context, event_of, record_of
+
+CONTEXT = Context("store")
+
+
+def test_a_message_and_its_record_are_written(tmp_path: Path) -> None:
+    message = make_message(content=b"Subject: kept\r\n\r\nKeep me.\r\n")
+    event = add_verdict(event_of(message), "scam", "pass")
+    result = store.handle(event, CONTEXT, store.Settings(directory=str(tmp_path / "mail")))
+    uuid = message.email.id.removeprefix("urn:uuid:")
+    eml, record = tmp_path / "mail" / f"{uuid}.eml", tmp_path / "mail" / f"{uuid}.json"
+    assert sorted(os.listdir(tmp_path / "mail")) == sorted([eml.name, record.name])
+    assert eml.read_bytes() == message.email.data
+    assert M.decode(record.read_bytes()) == record_of(event)
+    assert (eml.stat().st_mode & 0o777, (tmp_path / "mail").stat().st_mode & 0o777) == (
+        0o600,
+        0o700,
+    )
+    verdict = record_of(result).verdicts[-1]
+    assert (verdict.stage, verdict.result) == ("store", "stored")
+    assert verdict.details == {"eml": str(eml), "json": str(record)}
+
+
+def test_a_redelivery_writes_the_same_files_again(tmp_path: Path) -> None:
+    config = store.Settings(directory=str(tmp_path))
+    first, second = make_message(), make_message()
+    for message in (first, second, first, first):
+        store.handle(event_of(message), CONTEXT, config)
+    names = sorted(os.listdir(tmp_path))
+    assert names == sorted(
+        f"{m.email.id.removeprefix('urn:uuid:')}.{kind}"
+        for m in (first, second)
+        for kind in ("eml", "json")
+    )
+
+
+def test_a_stale_temporary_file_of_the_same_pid_is_replaced(tmp_path: Path) -> None:
+    message = make_message()
+    uuid = message.email.id.removeprefix("urn:uuid:")
+    (tmp_path / f".{uuid}.eml.{os.getpid()}.tmp").write_bytes(b"half")
+    store.handle(event_of(message), CONTEXT, store.Settings(directory=str(tmp_path)))
+    assert sorted(os.listdir(tmp_path)) == [f"{uuid}.eml", f"{uuid}.json"]
+
+
+def test_a_directory_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(OSError):
+        store.handle(event_of(make_message()), CONTEXT, store.Settings(str(tmp_path / "link")))
+    assert os.listdir(tmp_path / "real") == []
+
+
+def test_an_invalid_record_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    event = event_of(make_message())
+    event["email"]["id"] = "urn:uuid:../../etc/passwd"
+    with pytest.raises(ValueError, match=r"email\.id"):
+        store.handle(event, CONTEXT, store.Settings(directory=str(tmp_path)))
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_directory_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SettingError, match="WILDBOAR_STORE_DIR is not set"):
+        store.load({})
+    store.settings.cache_clear()
+    monkeypatch.setenv("WILDBOAR_STORE_DIR", str(tmp_path))
+    try:
+        result = store.handler(event_of(make_message()), CONTEXT)
+    finally:
+        store.settings.cache_clear()
+    assert json.loads(Path(result["verdicts"][-1]["details"]["json"]).read_bytes())["version"] == 1
