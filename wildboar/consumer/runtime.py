@@ -360,6 +360,8 @@ class Consumer:
                 on_overrun=self._overran,
             )
             route = invoke.route(result)
+        except invoke.Overran as error:
+            return Failure("TimeoutError", _text(error))
         except Exception as error:
             return Failure(type(error).__name__, _text(error))
         if route is None:
