@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
-from tests.amqp.broker import DEAD_URL, Broker, broker
+from tests.amqp.broker import DEAD_URL, Broker, broker, close_connections
 from tests.records import make_message
 from wildboar import message as M
 from wildboar.consumer.topology import REJECTED
@@ -326,3 +327,31 @@ def test_credentials_are_never_in_the_log(broker: Broker) -> None:
     text = "".join(running.stderr)
     assert secret not in text and "127.0.0.1:1" in text
     assert json.loads(running.stderr[-1])["event"] == "amqp_broker_unusable"
+
+
+def test_a_lost_connection_loses_nothing_and_doubles_nothing_past_the_next_stage(
+    broker: Broker,
+) -> None:
+    stage = f"bounce{uuid.uuid4().hex[:8]}"  # its connection's name is this test's alone
+    out = collect(broker, "past")
+    sent = messages(60)
+    env = {"TEST_HANDLER_SLEEP": "0.05"}
+    with (
+        consuming(broker, "passthrough", "past", "--after", stage) as downstream,
+        consuming(broker, "sleepy", stage, "--concurrency", "4", env=env) as bounced,
+    ):
+        publish(broker, sent)
+        bounced.wait_for("record_passed", 15)
+        assert close_connections(f"wildboar consumer {stage} ") == 1
+        bounced.wait_for("amqp_connection_lost")
+        bounced.wait_for("consumer_connected", 2)
+        got = broker.get(out, 60, timeout=120)
+        assert downstream.proc.poll() is None
+    counts = collections.Counter(ids(got))
+    assert set(counts) == {m.email.id for m in sent} and max(counts.values()) == 1
+    # What was in flight when the connection went is handled again after the reconnect.
+    abandoned = {r["message"] for r in bounced.events("record_abandoned")}
+    handled = [r["message"] for r in bounced.events("record_passed")]
+    handled += [r["message"] for r in bounced.events("record_duplicate")]
+    assert abandoned <= set(handled)
+    assert broker.depth(broker.name(f"stage.{stage}")) == 0
