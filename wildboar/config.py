@@ -395,6 +395,30 @@ class Amqp(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return self.prefix + name
 
 
+def describe_url(url: str) -> str:
+    """``host:port/vhost`` of a broker URL: what the log may show. Read from the masked
+    URL, so that no shape of URL (a password with ``/`` or ``@``) brings a password here."""
+    try:
+        parsed = urllib.parse.urlsplit(mask_url(url))
+        hostname = parsed.hostname or "?"
+    except ValueError:  # never raise while reporting an error
+        return "?"
+    try:
+        port: int | str = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
+    except ValueError:  # not a number: say so
+        port = "?"
+    vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else "/"
+    return f"{hostname}:{port}{'' if vhost == '/' else '/' + vhost}"
+
+
+def queue_arguments(settings: Amqp) -> dict[str, Any]:
+    """The arguments of every queue wildboar declares (the server's default queues, the
+    consumers' stage and dead-letter queues): quorum, or classic lazy."""
+    if settings.queue_type == "quorum":
+        return {"x-queue-type": "quorum"}
+    return {"x-queue-type": "classic", "x-queue-mode": "lazy"}
+
+
 #: Per recipient, what a record can hold besides the content: the address twice (``to``
 #: and ``recipients``, up to 256 octets each, escaped), an ORCPT of up to 500, NOTIFY, keys.
 RECORD_PER_RECIPIENT = 2048

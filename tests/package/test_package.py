@@ -183,7 +183,12 @@ def test_install_creates_the_user_and_spool_and_enables_nothing(machine: Contain
     assert machine.sh("getent passwd wildboar").strip().endswith(":/usr/sbin/nologin")
     assert "/etc/wildboar/wildboar.toml" in machine.sh("dpkg-query -W -f '${Conffiles}' wildboar")
     # Units as shipped are the units/ of the source tree, and systemd finds nothing in them.
-    for unit in ("wildboar.socket", "wildboar-submission.socket", "wildboar.service"):
+    for unit in (
+        "wildboar.socket",
+        "wildboar-submission.socket",
+        "wildboar.service",
+        "wildboar-consumer@.service",
+    ):
         shipped = machine.sh(f"cat /lib/systemd/system/{unit}")
         assert shipped == (ROOT / "units" / unit).read_text(), unit
     verify = machine.run(
@@ -192,6 +197,7 @@ def test_install_creates_the_user_and_spool_and_enables_nothing(machine: Contain
         "wildboar.socket",
         "wildboar-submission.socket",
         "wildboar.service",
+        "wildboar-consumer@scam.service",
         check=False,
     )
     assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")

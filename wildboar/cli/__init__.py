@@ -4,7 +4,7 @@ Owns: the top-level parser (``wildboar COMMAND``), the order its commands are li
 and what ``main`` makes of an error no command handles (one line on stderr, status 1; a
 closed stdout, as when piped into ``head``, is not an error). Each command lives in a
 module of its own with ``add_parser(subparsers)``: ``serve``, ``check_config``, ``spool``,
-``replay``, ``schema``.
+``consume``, ``replay``, ``schema``.
 Must not know: what a command does.
 Security: none of its own; see each command's module.
 """
@@ -17,9 +17,9 @@ import sys
 from collections.abc import Sequence
 
 from .. import smtp
-from . import check_config, replay, schema, serve, spool
+from . import check_config, consume, replay, schema, serve, spool
 
-COMMANDS = (serve, check_config, spool, replay, schema)
+COMMANDS = (serve, check_config, spool, consume, replay, schema)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -35,7 +35,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-import urllib.parse
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -46,7 +45,7 @@ import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from .. import smtp
-from ..config import EXCHANGE_NAMES, Amqp, mask_secrets, mask_url
+from ..config import EXCHANGE_NAMES, Amqp, describe_url, mask_secrets, queue_arguments
 from ..message import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Message, encode
 from .base import (
     DELIVERED,
@@ -115,28 +114,6 @@ class _InFlight:
     future: asyncio.Future[str | None]  # None: confirmed; else why not
     message_id: str
     published: float  # loop time
-
-
-def describe_url(url: str) -> str:
-    """``host:port/vhost`` of a broker URL: what the log may show. Read from the masked
-    URL, so that no shape of URL (a password with ``/`` or ``@``) brings a password here."""
-    try:
-        parsed = urllib.parse.urlsplit(mask_url(url))
-        hostname = parsed.hostname or "?"
-    except ValueError:  # never raise while reporting an error
-        return "?"
-    try:
-        port: int | str = parsed.port or (5671 if parsed.scheme == "amqps" else 5672)
-    except ValueError:  # not a number: say so
-        port = "?"
-    vhost = urllib.parse.unquote(parsed.path[1:]) if len(parsed.path) > 1 else "/"
-    return f"{hostname}:{port}{'' if vhost == '/' else '/' + vhost}"
-
-
-def queue_arguments(settings: Amqp) -> dict[str, Any]:
-    if settings.queue_type == "quorum":
-        return {"x-queue-type": "quorum"}
-    return {"x-queue-type": "classic", "x-queue-mode": "lazy"}
 
 
 @dataclasses.dataclass(frozen=True)
