@@ -8,6 +8,7 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 
 from tests.lmtp.dovecot import Dovecot
@@ -47,7 +48,10 @@ def settings_for(
 ) -> deliver.Settings:
     url = f"lmtp:unix:{dovecot.unix_socket}" if unix else f"lmtp:127.0.0.1:{dovecot.port}"
     return deliver.Settings(
-        url=url, lhlo="stage.example.org", bounces=None if bounces is None else str(bounces)
+        url=url,
+        lhlo="stage.example.org",
+        bounces=None if bounces is None else str(bounces),
+        then="pass",  # the verdicts are what these tests read
     )
 
 
@@ -164,6 +168,7 @@ def test_settings_come_from_the_environment(
     ) == deliver.Settings(url="lmtp:unix:/run/dovecot/lmtp", lhlo="mx")
     deliver.settings.cache_clear()
     monkeypatch.setenv("WILDBOAR_DELIVER_LMTP", f"lmtp:127.0.0.1:{dovecot.port}")
+    monkeypatch.setenv("WILDBOAR_DELIVER_THEN", "pass")
     try:
         message = make_message(to=("bob@example.org",))
         record = record_of(run_stage(deliver.handler(event_of(message), CONTEXT)))
@@ -171,3 +176,20 @@ def test_settings_come_from_the_environment(
         deliver.settings.cache_clear()
     assert record.verdicts[-1].result == "delivered"
     assert len(dovecot.maildir_messages("bob")) == 1
+
+
+def test_by_default_a_delivered_message_ends_the_pipeline(dovecot: Dovecot) -> None:
+    """Delivered: None (the runtime logs the end and acks), so a pipeline's last stage
+    publishes nothing that no queue would take; refused for all: the rejection."""
+    config = msgspec.structs.replace(settings_for(dovecot), then="drop")
+    message = make_message(to=("alice@example.org",))
+    assert run_stage(deliver.handle(event_of(message), CONTEXT, config)) is None
+    assert len(dovecot.maildir_messages("alice")) == 1
+    refused = make_message(to=("nobody-here@example.org",))
+    record = record_of(run_stage(deliver.handle(event_of(refused), CONTEXT, config)))
+    assert record.rejection is not None and record.rejection.stage == "deliver"
+    assert deliver.load({"WILDBOAR_DELIVER_LMTP": "lmtp:127.0.0.1:24"}).then == "drop"
+    with pytest.raises(SettingError, match="WILDBOAR_DELIVER_THEN='keep'"):
+        deliver.load(
+            {"WILDBOAR_DELIVER_LMTP": "lmtp:127.0.0.1:24", "WILDBOAR_DELIVER_THEN": "keep"}
+        )

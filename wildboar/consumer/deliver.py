@@ -67,6 +67,9 @@ class Settings(msgspec.Struct, frozen=True):
     url: str
     lhlo: str
     bounces: str | None = None
+    #: What a delivered message becomes: dropped (the end of the pipeline, logged by the
+    #: runtime) or passed on with its verdict to whatever is bound to ``after.deliver``.
+    then: str = "drop"
 
 
 def load(environ: Mapping[str, str]) -> Settings:
@@ -82,7 +85,11 @@ def load(environ: Mapping[str, str]) -> Settings:
     except ValueError as error:
         raise SettingError(f"WILDBOAR_DELIVER_LMTP: {error}") from None
     lhlo = text(environ, "WILDBOAR_DELIVER_LHLO") or socket.gethostname()
-    return Settings(url=url, lhlo=lhlo, bounces=text(environ, "WILDBOAR_DELIVER_BOUNCES"))
+    then = text(environ, "WILDBOAR_DELIVER_THEN") or "drop"
+    if then not in ("drop", "pass"):
+        raise SettingError(f"WILDBOAR_DELIVER_THEN={then!r}: must be one of drop, pass")
+    bounces = text(environ, "WILDBOAR_DELIVER_BOUNCES")
+    return Settings(url=url, lhlo=lhlo, bounces=bounces, then=then)
 
 
 @functools.cache
@@ -91,7 +98,7 @@ def settings() -> Settings:
     return load(os.environ)
 
 
-async def handler(event: Event, context: Any) -> Event:
+async def handler(event: Event, context: Any) -> Event | None:
     """The stage's entry point (``wildboar consume deliver``)."""
     return await handle(event, context, settings())
 
@@ -117,7 +124,7 @@ class Ledger:
 ledger = Ledger()
 
 
-async def handle(event: Event, context: Any, config: Settings) -> Event:
+async def handle(event: Event, context: Any, config: Settings) -> Event | None:
     stage = stage_name(context, "deliver")
     message = msgspec.json.decode(msgspec.json.encode(event), type=M.Message)
     earlier = ledger.delivered(message.email.id)
@@ -126,11 +133,13 @@ async def handle(event: Event, context: Any, config: Settings) -> Event:
         raise Retry("; ".join(f"{address}: {_text(reply)}" for address, reply in later))
     details = {**ledger.delivered(message.email.id), **{a: _text(r) for a, r in refused}}
     if not refused:
-        return add_verdict(event, stage, "delivered", **details)
+        done = add_verdict(event, stage, "delivered", **details)
+        return done if config.then == "pass" else None
     details["dsn"] = await _bounce(message, refused, config) or "none"
     reason = f"refused by the mail store: {', '.join(a for a, _ in refused)}"
     if earlier or delivered:
-        return add_verdict(event, stage, "partial", reason, **details)
+        done = add_verdict(event, stage, "partial", reason, **details)
+        return done if config.then == "pass" else None
     first = refused[0][1]
     return reject(event, stage, reason, code=first.code, enhanced=first.status, **details)
 
