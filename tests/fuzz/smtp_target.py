@@ -73,8 +73,9 @@ NO_PIPELINING, NO_SIZE, NO_8BITMIME, NO_SMTPUTF8 = 0x01, 0x02, 0x04, 0x08
 NO_CHUNKING, NO_BINARYMIME, NO_DSN, SMALL = 0x10, 0x20, 0x40, 0x80
 # Octet 2: how the octets are cut into reads (low 2 bits) and the seed of random cuts.
 # Octets 3-6: the policy, 2 bits per question (``Answer``), for 16 questions in turn.
-# Octet 7: bit 0, the TLS handshake fails.
-TLS_FAILS = 0x01
+# Octet 7: bit 0, the TLS handshake fails; bit 1, the client leaves during it; bits 2-7,
+# N > 0: the worker times out (421) right after the core's N-th event, wherever it is.
+TLS_FAILS, EOF_IN_HANDSHAKE = 0x01, 0x02
 
 
 class Reads:
@@ -117,6 +118,10 @@ class Options:
 
     def answer(self, index: int) -> int:
         return self.policy >> (2 * (index % 16)) & 0x03
+
+    @property
+    def timeout_after(self) -> int:
+        return self.misc >> 2
 
     def limits(self) -> smtp.Limits:
         return SMALL_LIMITS if self.extensions_off & SMALL else smtp.Limits()
@@ -254,6 +259,7 @@ class Session:
         self.closed = False  # ConnectionClosed seen
         self.eof = False
         self.asked = 0
+        self.events = 0
         self.held: smtp.Question | None = None  # a question answered after the next read
         self.handshake_due = False
         self.starttls_seen = 0
@@ -300,6 +306,11 @@ class Session:
             assert isinstance(event, smtp.Event)
             self.record(event)
             now_tls = now_tls or isinstance(event, smtp.StartTls)
+            self.events += 1
+            if self.events == self.options.timeout_after and not self.closed:
+                out += conn.data_to_send()
+                self.time_out()  # even with a question queued behind this event
+                continue
             if isinstance(event, QUESTIONS):
                 if self.options.has(LATE_ANSWERS):
                     self.held = event
@@ -569,11 +580,17 @@ class Session:
         if self.gone or self.closed:
             return self.after_close()
         if self.handshake_due:
+            if self.options.misc & EOF_IN_HANDSHAKE:
+                self.receive(b"")
+                self.pump()  # the core closes: the handshake has nothing to do
             self.handshake()
             if self.gone:
                 return None
+        if self.closed:
+            return self.after_close()
         if self.options.has(NO_EOF):
             self.time_out()
+            self.pump()
         else:
             self.receive(b"")
             self.pump()
@@ -586,11 +603,10 @@ class Session:
     def time_out(self) -> None:
         """421 at any moment (RFC 5321 §3.8), even with a question unanswered."""
         self.held = None
+        self.handshake_due = False  # a handshake under way is simply dropped
         out = self.conn.send(TIMEOUT)
-        if not self.closed:
-            assert check_replies(out)[-1:] == [421]
+        assert check_replies(out)[-1:] == [421]
         self.moved(frozenset({S.CLOSED}))
-        self.pump()
 
     def after_close(self) -> None:
         if self.gone:
