@@ -5,7 +5,8 @@ cut, how the policy answers, whether the TLS handshake succeeds) followed by the
 the client sends. ``Session`` plays the worker: it feeds each read, pulls events until
 ``NEED_DATA`` or ``PAUSED``, answers every question (at once or only after the next read,
 as a slow policy check would), runs the "handshake" after ``StartTls``, optionally reads
-a PROXY protocol header first, and ends with the client's end of input or a 421 timeout.
+a PROXY protocol header first, may time out (421) right after any event, and ends with
+the client's end of input or a 421 timeout.
 
 What must hold for any input (an ``AssertionError`` otherwise):
 - nothing raises; a misuse of the API (answering with no question, ``tls_started`` out of
@@ -307,7 +308,8 @@ class Session:
             self.record(event)
             now_tls = now_tls or isinstance(event, smtp.StartTls)
             self.events += 1
-            if self.events == self.options.timeout_after and not self.closed:
+            # As the worker's shutdown: a 421 to a session the core has not closed yet.
+            if self.events == self.options.timeout_after and conn.state is not S.CLOSED:
                 out += conn.data_to_send()
                 self.time_out()  # even with a question queued behind this event
                 continue
