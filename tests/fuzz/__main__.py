@@ -11,13 +11,18 @@ scratch folder to start from the seeds without writing into them (``make fuzz`` 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import atheris
 
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "tests" / "corpus"
+# What libFuzzer re-executes for -merge=1, -fork and -jobs (a module run with -m is no
+# executable of its own).
+AGAIN = ROOT / "scripts" / "fuzz-target"
 TARGETS = {"smtp": "tests.fuzz.smtp_target", "proxy": "tests.fuzz.proxy_target"}
 DEFAULTS = {
     "-dict": "{corpus}/{target}.dict",
@@ -50,8 +55,10 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:
         sys.exit(f"usage: python -m tests.fuzz {{{','.join(TARGETS)}}} [libFuzzer flags]")
     target = sys.argv[1]
+    os.environ["WILDBOAR_FUZZ_TARGET"] = target
+    os.environ["WILDBOAR_FUZZ_PYTHON"] = sys.executable
     run = load(target)
-    atheris.Setup([sys.argv[0], *flags(target, sys.argv[2:])], run)
+    atheris.Setup([str(AGAIN), *flags(target, sys.argv[2:])], run)
     atheris.Fuzz()
 
 
