@@ -11,7 +11,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JOBS   ?= auto
 TYPED  := wildboar $(wildcard supervisor)
 
-.PHONY: run test setup lint typecheck unit coverage bench-core bench deb test-system clean
+.PHONY: run test setup lint typecheck unit coverage fuzz fuzz-smtp fuzz-proxy fuzz-merge fuzz-seeds \
+	bench-core bench deb test-system clean
 
 run: $(STAMP)
 	sh scripts/run
@@ -57,6 +58,31 @@ coverage: unit
 	$(BIN)/python -m coverage report --include='wildboar/smtp/*' --fail-under=95
 	$(BIN)/python -m coverage report
 
+# Coverage-guided fuzzing (docs/fuzzing.md): FUZZ_SECONDS per target, the two targets side
+# by side under `make -j2 fuzz`. New inputs go to .fuzz/TARGET, crashes to .fuzz/crash-*;
+# `make fuzz-merge` adds to tests/corpus the few that reach a new edge (-merge=1; with
+# -use_counters=0 a mere new hit count does not count, which keeps the corpus small).
+# `make test` runs each target for FUZZ_CI_SECONDS (20) from the corpus (tests/fuzz).
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := smtp proxy
+
+fuzz: $(addprefix fuzz-,$(FUZZ_TARGETS))
+
+$(addprefix fuzz-,$(FUZZ_TARGETS)): fuzz-%: $(STAMP)
+	mkdir -p .fuzz/$*
+	$(BIN)/python -m tests.fuzz $* -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=.fuzz/ \
+		.fuzz/$* tests/corpus/$*
+
+fuzz-merge: $(STAMP)
+	for target in $(FUZZ_TARGETS); do \
+		$(BIN)/python -m tests.fuzz $$target -merge=1 -use_counters=0 \
+			tests/corpus/$$target .fuzz/$$target \
+			|| exit 1; done
+
+# The seed corpus, regenerated from the transcripts of tests/smtp and tests/test_proxy.py.
+fuzz-seeds: $(STAMP)
+	$(BIN)/python -m tests.fuzz.seeds
+
 bench-core: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.core
@@ -83,4 +109,4 @@ test-system: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider -v tests/package
 
 clean:
-	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .hypothesis .fuzz build *.egg-info

@@ -352,8 +352,13 @@ class ServerConnection:
             self._out.append(_accepted(R.OK, answer))
 
     def _drop_question(self) -> None:
-        if self._pending is not None and not self._asked:
-            self._events.remove(self._pending)
+        pending = self._pending
+        if pending is not None and not self._asked:
+            self._events.remove(pending)
+            if type(pending) is MessageComplete:
+                # The caller has had the content but will never get the question, and the
+                # transaction is no longer open for ``_close`` to end: end it here.
+                self._events.append(TransactionAborted("closed"))
         self._pending = None
 
     # --- input -----------------------------------------------------------------------
