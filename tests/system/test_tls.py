@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import smtplib
 import socket
 import ssl
@@ -320,3 +321,37 @@ def test_postfix_with_mandatory_tls_does_not_deliver_to_a_plaintext_listener(
     assert recipient["address"] == "b@example.org"
     assert "TLS is required, but was not offered" in recipient["delay_reason"]
     assert opened  # Postfix did connect, saw no STARTTLS, and went away
+
+
+def test_a_stop_during_a_starttls_handshake_sends_no_plaintext(
+    spool_dir: Path, certificate: tuple[Path, Path]
+) -> None:
+    """The drain deadline passes while a client is between STARTTLS's 220 and its
+    ClientHello: the connection is dropped without the 421 that any other session gets,
+    which would be plaintext where the client expects TLS."""
+    cert, key = certificate
+    config = spool_dir.parent / "wildboar.toml"
+    config.write_text(
+        '[recipients]\ndomains = ["example.org"]\n\n'
+        f'[[listen]]\nname = "smtp"\nhost = "127.0.0.1"\nport = 0\ntls = "starttls"\n'
+        f'certificate = "{cert}"\nkey = "{key}"\n'
+    )
+    env = {"WILDBOAR_TIMEOUTS_HANDSHAKE": "30", "WILDBOAR_TIMEOUTS_DRAIN": "1"}
+    with serving(spool_dir, "--config", str(config), listen=(), workers=1, env=env) as server:
+        [listening] = server.wait_for("listening", component="supervisor")
+        address = ("127.0.0.1", int(listening["port"]))
+        with socket.create_connection(address, timeout=30) as raw:
+            read_reply(raw)
+            raw.sendall(b"EHLO client.example\r\n")
+            read_reply(raw)
+            raw.sendall(b"STARTTLS\r\n")
+            assert read_reply(raw)[-1].startswith(b"220 ")
+            server.signal(signal.SIGTERM)
+            started = time.monotonic()
+            try:
+                rest = raw.recv(4096)
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b"" and time.monotonic() - started < 20
+        [failed] = server.wait_for("tls_handshake_failed")
+        assert failed["reason"] == "shut down during the handshake"

@@ -195,6 +195,8 @@ class Session(asyncio.Protocol):
         return True  # we close once the core says so, after pending replies
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return  # ended already (a stop during a STARTTLS handshake)
         self.closed = True
         if self.delivering is None:
             self.host.session_closed(self)
@@ -401,6 +403,8 @@ class Session(asyncio.Protocol):
             transport.abort()
             return
         if secure is None or self.closed or self.conn.state is not smtp.State.TLS:
+            if secure is not None:
+                secure.abort()
             return  # the connection was lost meanwhile
         self.transport = secure
         self._tls_established(secure)
@@ -714,6 +718,17 @@ class Session(asyncio.Protocol):
             # does not read it. Drop the connection and free its place.
             if self.host.clock() - self.shutdown_at >= ABORT_AFTER:
                 self.transport.abort()
+            return
+        if self.conn.state is smtp.State.TLS:
+            # In the middle of a STARTTLS handshake: a reply now would be plaintext where
+            # the client expects TLS records. The connection is dropped, as a failed
+            # handshake is.
+            log("tls_handshake_failed", level=30, connection=self.id, server=self.host.id,
+                remote=self.client_ip, reason="shut down during the handshake")  # fmt: skip
+            self.transport.abort()
+            # The transport belongs to the handshake now, which may not report the loss:
+            # the session ends here (``_start_tls`` drops what the handshake returns).
+            self.connection_lost(None)
             return
         self.shutdown_at = self.host.clock()
         self.paused_reasons.discard("writing")  # the reply goes out whatever is queued
