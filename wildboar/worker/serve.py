@@ -312,6 +312,7 @@ class Worker:
             version=header.version,
             relayed=header.command is proxy.Command.PROXY and header.source is not None,
             remote=str(header.source.ip) if header.source is not None else peer,
+            authority=header.tlvs.authority,  # the SNI the client sent a TLS terminator
         )
         return True
 
