@@ -71,15 +71,16 @@ def settle(pipeline: Stack, sent: Sent) -> None:
     )
 
 
-def check(pipeline: Stack, sent: Sent, doubled_rejections: int = 0) -> None:
+def check(pipeline: Stack, sent: Sent, doubled_rejections: int = 0, doubled_mail: int = 0) -> None:
     """Everything came out once, where it should; at most ``doubled_rejections`` second
     copies of a rejected record (published again by a stage that lost its deliveries
     between a publish and its ack: killed, or its connection lost; docs/consumers.md
-    "Guarantees" 4 and 5). Nothing dedupes the rejected queue: its consumer must."""
+    "Guarantees" 4 and 5). Nothing dedupes the rejected queue: its consumer must. At
+    most ``doubled_mail`` second copies in the Maildirs (the deliver stage killed)."""
     assert len(pipeline.from_smtp_source(sent)) == SOURCE
     stored = pipeline.in_maildirs()
     assert set(stored) == expected_mail(pipeline, sent)  # nothing lost, nothing extra
-    assert max(stored.values()) == 1  # nothing doubled
+    assert sum(stored.values()) - len(stored) <= doubled_mail  # nothing doubled
     rejections = pipeline.rejections()
     by_id = collections.defaultdict(list)
     for record in rejections:
@@ -133,20 +134,26 @@ def test_a_mix_of_mail_goes_through_the_pipeline_once_each(running: Stack) -> No
     assert len(running.handled("deliver", "record_dropped")) == len(sent.clean) + SOURCE
 
 
-def test_a_stage_killed_mid_batch_loses_nothing_and_delivers_once(running: Stack) -> None:
+def kill_mid_batch(running: Stack, stage: str, event: str) -> Sent:
+    """Send the mix; SIGKILL ``stage`` once it logged 40 ``event`` records, start another."""
     sent = Sent()
-    spf = running.consumer("spf")
+    victim = running.consumer(stage)
     running.send_mix(sent)
     source = threading.Thread(target=running.smtp_source, args=(SOURCE,))
     source.start()
     try:
-        spf.wait_for("record_passed", 40, timeout=60)
-        spf.kill()  # SIGKILL: deliveries in flight unacked, some already published
-        assert spf.proc.returncode == -9
-        running.start_stage("spf")
+        victim.wait_for(event, 40, timeout=60)
+        victim.kill()  # SIGKILL: deliveries in flight unacked, some already handled
+        assert victim.proc.returncode == -9
+        running.start_stage(stage)
     finally:
         source.join(120)
     settle(running, sent)
+    return sent
+
+
+def test_a_stage_killed_mid_batch_loses_nothing_and_delivers_once(running: Stack) -> None:
+    sent = kill_mid_batch(running, "spf", "record_passed")
     # What the killed process had published but not acked went out again: deliver
     # removed the second copies of what passed (its window), the rejected queue may hold
     # a second copy of what was refused; at most the stage's prefetch window (8) in all.
@@ -158,6 +165,18 @@ def test_a_stage_killed_mid_batch_loses_nothing_and_delivers_once(running: Stack
     assert successor.events("record_passed")  # it was killed with work left
     passed = [r["message"] for c in (killed, successor) for r in c.events("record_passed")]
     assert len(passed) - len(set(passed)) <= window
+
+
+def test_the_last_stage_killed_mid_batch_delivers_at_most_a_window_twice(
+    running: Stack,
+) -> None:
+    """The one duplicate the design allows: deliver killed between the mail store's 250
+    and its ack. Its successor's ledger and window are empty, so what the killed process
+    delivered but had not acked (at most its prefetch window) is delivered again."""
+    sent = kill_mid_batch(running, "deliver", "record_dropped")
+    check(running, sent, doubled_rejections=8, doubled_mail=8)
+    _, successor = running.stages["deliver"]
+    assert successor.events("record_dropped")
 
 
 @pytest.fixture
