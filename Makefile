@@ -88,7 +88,8 @@ bench-core: $(STAMP)
 	$(BIN)/python -m bench.core
 
 # Whole servers over loopback under Postfix's smtp-source, then what STARTTLS costs
-# (beside a private Postfix's smtpd), then end to end into RabbitMQ, then into a private
+# (beside a private Postfix's smtpd), then end to end into RabbitMQ, then through the
+# consumer pipeline (scam, spf, deliver) beside the handoff alone, then into a private
 # Dovecot's Maildir over LMTP (beside a private Postfix); see docs/performance.md.
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
@@ -96,6 +97,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.server
 	$(BIN)/python -m bench.tls
 	$(BIN)/python -m bench.amqp
+	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.lmtp
 
 # The Debian package, in dist/ (docs/packaging.md); as root it installs what it needs.

@@ -95,6 +95,22 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
     assert C.load(environ={"WILDBOAR_CONFIG": path}).hostname == "from.file.example"
 
 
+def test_the_shipped_stages_variables_are_theirs_not_the_configurations() -> None:
+    """``wildboar consume deliver`` runs with WILDBOAR_DELIVER_LMTP set: the configuration
+    it loads (as ``serve`` does) must not refuse that as an unknown key."""
+    env = {
+        "WILDBOAR_SCAM_ACTION": "tag",
+        "WILDBOAR_SPF_NAMESERVER": "127.0.0.1:53",
+        "WILDBOAR_DELIVER_LMTP": "lmtp:127.0.0.1:24",
+        "WILDBOAR_STORE_DIR": "/srv/mail",
+        "WILDBOAR_WORKERS": "2",
+    }
+    assert C.from_env(env) == {"workers": "2"}
+    assert C.load(environ=env).workers == 2
+    with pytest.raises(C.ConfigError, match="spam_action: unknown key"):
+        C.load(environ={"WILDBOAR_SPAM_ACTION": "tag"})
+
+
 def test_every_error_is_reported_with_its_key(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -31,6 +31,11 @@ from .smtp import Extensions, Limits
 
 DEFAULT_CONFIG_FILE = "/etc/wildboar/wildboar.toml"
 ENV_PREFIX = "WILDBOAR_"
+#: The variables of the shipped consumer stages (docs/consumers.md "Shipped stages"): each
+#: stage reads its own, as a Lambda function reads its environment. They are not part of
+#: this configuration, so it neither reads nor refuses them (a stage's process, or a
+#: server sharing its environment, would otherwise stop at "unknown key").
+STAGE_ENV_PREFIXES = ("WILDBOAR_SCAM_", "WILDBOAR_SPF_", "WILDBOAR_DELIVER_", "WILDBOAR_STORE_")
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 # At most a day, as the supervisor's --drain-timeout: a longer wait is a typo.
@@ -773,6 +778,8 @@ def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX) or key == "WILDBOAR_CONFIG":
+            continue
+        if key.startswith(STAGE_ENV_PREFIXES):
             continue
         name = key.removeprefix(ENV_PREFIX).lower()
         if name == "spool":

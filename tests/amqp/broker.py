@@ -7,6 +7,7 @@ test's, even under pytest-xdist; ``cleanup`` deletes them. Messages are read bac
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 
 import msgspec
 import pika
+import pika.exceptions
 import pytest
 
 from wildboar.config import Amqp
@@ -33,16 +35,19 @@ class Got:
 
 
 class Broker:
-    def __init__(self) -> None:
+    """A test's corner of the broker at ``url`` (the machine's, or a private node's)."""
+
+    def __init__(self, url: str = URL) -> None:
+        self.url = url
         self.prefix = f"wbt-{uuid.uuid4().hex[:12]}."
-        self.connection = pika.BlockingConnection(pika.URLParameters(URL))
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
         self.channel = self.connection.channel()
         self.queues: list[str] = []
 
     def settings(self, **overrides: Any) -> Amqp:
         """The handoff's settings for this test: its prefix, quick retries."""
         values: dict[str, Any] = {
-            "urls": [URL],
+            "urls": [self.url],
             "prefix": self.prefix,
             "confirm_timeout": 10.0,
             "connect_timeout": 5.0,
@@ -51,6 +56,13 @@ class Broker:
         }
         values.update(overrides)
         return msgspec.structs.replace(Amqp(), **values)
+
+    def reconnect(self) -> None:
+        """A new connection, for a test whose broker restarted under the old one."""
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            self.connection.close()
+        self.connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        self.channel = self.connection.channel()
 
     def name(self, base: str) -> str:
         return self.prefix + base

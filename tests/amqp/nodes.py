@@ -11,6 +11,12 @@ the ``.erlang.cookie`` they share. Nothing is read from ``/etc/rabbitmq``
 directory, so pytest-xdist workers can run clusters side by side. The one thing shared is
 epmd on port 4369, where each node registers its unique name.
 
+A first ``start`` makes the node's directory afresh. ``restart`` (or ``stop``, then
+``start(keep_data=True)``) brings the same node back on the same ports with its data
+directory as it was: durable exchanges, queues and bindings, and the persistent messages
+of durable queues (quorum, or classic durable), survive it, as on a broker that an
+operator restarts.
+
 Limits: Linux only (``/proc``, ``prctl``); needs Debian's ``rabbitmq-server`` package.
 A node takes some 150 MB of memory, and a 3-node cluster about 20 s to start on two CPUs.
 Ports are picked at random below Linux's ephemeral range and checked free; a node that
@@ -93,6 +99,8 @@ class RabbitNode:
         self.amqp_port = free_port()
         self.dist_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Whether it has been ready once (then its ports are its clients' to know).
+        self.booted = False
         home.mkdir(parents=True, exist_ok=True)
         cookie = "".join(secrets.choice(string.ascii_uppercase) for _ in range(32))
         with contextlib.suppress(FileExistsError):
@@ -145,18 +153,20 @@ class RabbitNode:
             **{f"RABBITMQ_{key}": str(self.dir / value) for key, value in files.items()},
         }
 
-    def start(self) -> None:
-        """Launch the node; returns at once (see ``wait_ready``)."""
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True)
-        (self.dir / "rabbitmq-env.conf").write_text("")
-        (self.dir / "enabled_plugins").write_text("[].\n")
-        (self.dir / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}\n"
-            "log.console = false\n"
-            "log.file.level = info\n"
-        )
-        with self.output.open("wb") as output:
+    def start(self, *, keep_data: bool = False) -> None:
+        """Launch the node; returns at once (see ``wait_ready``). A first start makes its
+        directory afresh (whatever an earlier node of that name left is removed);
+        ``keep_data`` starts a node stopped before as it was: same name, same ports, its
+        data directory kept, so its definitions (durable exchanges, queues, bindings) and
+        the persistent messages of its durable queues are there again."""
+        if keep_data:
+            if self.running:
+                raise RabbitError(f"{self.name} is running: stop it first")
+            if not (self.dir / "mnesia").is_dir():
+                raise RabbitError(f"{self.name} has no data to keep: start it once first")
+        else:
+            self._fresh_directory()
+        with self.output.open("ab" if keep_data else "wb") as output:
             # A shell that runs beam.smp as its child and turns SIGTERM into a clean stop.
             self.proc = subprocess.Popen(
                 [str(BIN / "rabbitmq-server")],
@@ -169,6 +179,25 @@ class RabbitNode:
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 (it only calls prctl)
             )
 
+    def _fresh_directory(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        (self.dir / "rabbitmq-env.conf").write_text("")
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}\n"
+            "log.console = false\n"
+            "log.file.level = info\n"
+        )
+        self.booted = False
+
+    def restart(self, timeout: float = START_TIMEOUT) -> None:
+        """Stop the node gracefully and start it again with its data (``keep_data``);
+        returns once it is ready. Its clients find it on the same port."""
+        self.stop()
+        self.start(keep_data=True)
+        self.wait_ready(timeout)
+
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Wait until the node accepts AMQP connections and reports itself booted. A node
         that lost a port to another process is restarted on new ports."""
@@ -179,7 +208,8 @@ class RabbitNode:
             if self.proc.poll() is not None:
                 output = self.output.read_text(errors="replace")
                 lost_port = "eaddrinuse" in output or "could not bind" in output
-                if not lost_port or restarts == 3:
+                # A node that booted once keeps its ports: its clients know them.
+                if not lost_port or restarts == 3 or self.booted:
                     raise RabbitError(f"{self.name} exited while starting\n{self.tail()}")
                 restarts += 1
                 self.amqp_port, self.dist_port = free_port(), free_port()
@@ -190,6 +220,7 @@ class RabbitNode:
         # The port might be someone else's: ask the node itself.
         left = max(5, int(deadline - time.monotonic()))
         self.ctl("await_startup", "--timeout", str(left), timeout=left + 30)
+        self.booted = True
 
     def _port_open(self) -> bool:
         try:
@@ -337,7 +368,8 @@ def rabbit_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
 @pytest.fixture
 def private_node(tmp_path: Path) -> Iterator[RabbitNode]:
     """A RabbitMQ node of this test's own: resource alarms block every publisher of a node,
-    so they are never raised on the machine's shared broker."""
+    so they are never raised on the machine's shared broker, nor is it restarted
+    (``restart``, or ``stop`` then ``start(keep_data=True)``: its data is kept)."""
     node = RabbitNode(tmp_path / "rabbit")
     node.start()
     try:

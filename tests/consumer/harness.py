@@ -1,6 +1,6 @@
 """``wildboar consume`` in a child process, as an operator runs it, against a test's own
-corner of the machine's RabbitMQ (``tests.amqp.broker``): its JSON log lines collected,
-records put in and taken out with a blocking pika connection."""
+corner of a RabbitMQ (``tests.amqp.broker``: the machine's, or a private node's): its JSON
+log lines collected, records put in and taken out with a blocking pika connection."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pika
 
-from tests.amqp.broker import URL, Broker
+from tests.amqp.broker import Broker
 from wildboar import message as M
 from wildboar.consumer.topology import ACCEPTED, REJECTED
 
@@ -44,7 +44,7 @@ class Consumer:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("WILDBOAR_")}
         environ.update(
             WILDBOAR_AMQP_PREFIX=broker.prefix,
-            WILDBOAR_AMQP_URLS=URL,
+            WILDBOAR_AMQP_URLS=broker.url,
             WILDBOAR_AMQP_RECONNECT_MIN="0.1",
             WILDBOAR_AMQP_RECONNECT_MAX="0.5",
             WILDBOAR_CONFIG="/dev/null",

@@ -177,6 +177,21 @@ def test_start_creates_the_layout_with_missing_parents(tmp_path: Path) -> None:
     assert files(path / "tmp") == []
 
 
+def test_spools_of_one_directory_start_side_by_side(tmp_path: Path) -> None:
+    """Each start proves the directory with a probe file of its own name (the deliver
+    stage starts one for each bounce it keeps, several at once)."""
+
+    async def start_eight() -> None:
+        spools = [SpoolHandoff(tmp_path / "bounces") for _ in range(8)]
+        await asyncio.gather(*(spool.start() for spool in spools))
+        for spool in spools:
+            await spool.close()
+
+    for _ in range(5):
+        run(start_eight())
+    assert files(tmp_path / "bounces" / "msg") == files(tmp_path / "bounces" / "tmp") == []
+
+
 def test_200_concurrent_deliveries_share_group_commits(tmp_path: Path) -> None:
     messages = [make_message(sender=f"s{i}@example.org") for i in range(200)]
     outcomes, handoff = run(spool_messages(tmp_path, messages, batch=64))

@@ -42,6 +42,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import re
@@ -172,6 +173,9 @@ class Layout:
 
 def final_name(uuid: str) -> str:
     return uuid + SUFFIX
+
+
+_probes = itertools.count()
 
 
 def temp_name(uuid: str) -> str:
@@ -478,7 +482,10 @@ def prepare(layout: Layout) -> Directories:
 
 
 def _probe(dirs: Directories) -> None:
-    temp, probe = temp_name("probe"), f".probe.{os.getpid()}"
+    # Unique within the process too: spools of one directory may start side by side (the
+    # deliver stage starts one for each bounce it keeps, several at once).
+    token = f"{os.getpid()}.{next(_probes)}"
+    temp, probe = f"probe.{token}.tmp", f".probe.{token}"
     try:
         write_temp(dirs, temp, b"probe")
     except OSError as error:
