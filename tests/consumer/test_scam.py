@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.message
 import email.policy
+import time
 from email.headerregistry import Address
 
 import pytest
@@ -204,3 +205,17 @@ def test_the_handler_reads_its_settings_once(monkeypatch: pytest.MonkeyPatch) ->
         assert record_of(scam.handler(event(message.as_bytes()), CONTEXT)).rejection is None
     finally:
         scam.settings.cache_clear()
+
+
+@pytest.mark.parametrize("markup", ["<a " * 300_000, "<!--x" * 200_000, "<![ x" * 100_000])
+def test_hostile_html_costs_one_pass_and_never_raises(markup: str) -> None:
+    """Unclosed tags, unclosed comments, broken declarations: markup on which
+    ``html.parser`` takes time quadratic in its length (hours for a megabyte) or raises.
+    The stage reads it in one pass: a megabyte of it within the time budget's fraction
+    any stage has, and a verdict, not an exception."""
+    message = mail()
+    message.set_content(f"<html><body>African prince account {markup}</body></html>", "html")
+    started = time.monotonic()
+    assert verdict_of(message) == "reject"
+    assert time.monotonic() - started < 20  # quadratic parsing took hours; linear, < 1 s
+    assert scam.html_text(f"African prince account {markup}").startswith("African prince")

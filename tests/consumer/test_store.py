@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 from pathlib import Path
@@ -50,12 +51,22 @@ def test_a_redelivery_writes_the_same_files_again(tmp_path: Path) -> None:
     )
 
 
-def test_a_stale_temporary_file_of_the_same_pid_is_replaced(tmp_path: Path) -> None:
+def test_calls_at_once_never_touch_each_others_temporary_files(tmp_path: Path) -> None:
+    """An overrunning call and its retry run side by side in one process: each writes a
+    temporary file of its own, so each renames only what it wrote and fsync'd; one left
+    by a crash (of any process) is never taken for ours."""
     message = make_message()
     uuid = message.email.id.removeprefix("urn:uuid:")
-    (tmp_path / f".{uuid}.eml.{os.getpid()}.tmp").write_bytes(b"half")
-    store.handle(event_of(message), CONTEXT, store.Settings(directory=str(tmp_path)))
-    assert sorted(os.listdir(tmp_path)) == [f"{uuid}.eml", f"{uuid}.json"]
+    stale = tmp_path / f".{uuid}.eml.{os.getpid()}.tmp"
+    stale.write_bytes(b"half")
+    config = store.Settings(directory=str(tmp_path))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for done in [
+            pool.submit(store.handle, event_of(message), CONTEXT, config) for _ in range(8)
+        ]:
+            done.result()
+    assert sorted(os.listdir(tmp_path)) == sorted([stale.name, f"{uuid}.eml", f"{uuid}.json"])
+    assert (tmp_path / f"{uuid}.eml").read_bytes().endswith(message.email.data)
 
 
 def test_a_directory_that_is_a_symbolic_link_is_refused(tmp_path: Path) -> None:

@@ -183,3 +183,24 @@ def test_starttls_behind_a_tcp_proxy(server: Server) -> None:
     [record] = spooled(server.spool)
     assert record.connection.remote.address == CLIENT and record.connection.tls
     assert "with ESMTPS" in record.email.received
+
+
+def test_an_ipv4_client_named_by_a_dual_stack_proxy_is_an_ipv4_client(server: Server) -> None:
+    """A proxy listening on IPv6 and IPv4 at once names an IPv4 client ::ffff:a.b.c.d
+    (TCP6): the record, the Received field and the limits see the IPv4 address."""
+    target = ("127.0.0.1", port(server, "smtp"))
+    with socket.create_connection(target, timeout=30) as raw:
+        raw.sendall(b"PROXY TCP6 ::ffff:192.0.2.7 ::ffff:198.51.100.25 40000 25\r\n")
+        replies = raw.makefile("rb")
+        assert replies.readline().startswith(b"220 ")
+        for command in (b"HELO client.example", b"MAIL FROM:<a@example.net>",
+                        b"RCPT TO:<b@example.org>", b"DATA"):  # fmt: skip
+            raw.sendall(command + b"\r\n")
+            assert replies.readline()[:1] in (b"2", b"3")
+        raw.sendall(b"Subject: mapped\r\n\r\nhello\r\n.\r\n")
+        assert replies.readline().startswith(b"250 ")
+    [record] = spooled(server.spool)
+    assert record.connection.remote.address == "192.0.2.7"
+    assert record.connection.remote.family == "ipv4"
+    assert record.connection.local.address == "198.51.100.25"
+    assert "[192.0.2.7]" in record.email.received

@@ -11,6 +11,7 @@ import signal
 import smtplib
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -355,3 +356,21 @@ def test_a_stop_during_a_starttls_handshake_sends_no_plaintext(
             assert rest == b"" and time.monotonic() - started < 20
         [failed] = server.wait_for("tls_handshake_failed")
         assert failed["reason"] == "shut down during the handshake"
+
+
+def test_a_reset_during_the_starttls_handshake_frees_the_session(server: Server) -> None:
+    """A client that resets the connection after STARTTLS's 220 (before or in its
+    handshake) ends its session at once: its place and its counts are not held until
+    the command timeout."""
+    raw = socket.create_connection(("127.0.0.1", port(server, "smtp")), timeout=30)
+    read_reply(raw)
+    raw.sendall(b"EHLO client.example\r\n")
+    read_reply(raw)
+    raw.sendall(b"STARTTLS\r\n")
+    read_reply(raw)
+    time.sleep(0.3)  # the handshake has begun, waiting for a ClientHello; a reset instead
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+    [failed] = server.wait_for("tls_handshake_failed", timeout=10)
+    closed = server.wait_for("connection_close", timeout=10)
+    assert failed["connection"] in {c["connection"] for c in closed}

@@ -7,12 +7,13 @@ ends) and ``<uuid>.json`` the record as this stage got it (the JSON form of
 ``WILDBOAR_STORE_DIR`` (required; made, mode 0700, if missing). The stage returns the event
 with a ``stored`` verdict (details: ``eml``, ``json``: the two paths) for the next stage.
 
-Each file is written to a temporary name in the same directory (``.<name>.<pid>.tmp``),
-fsync'd, renamed over its final name, and the directory fsync'd: a file under its final
-name is always whole and durable, the ``.eml`` first, so a ``.json`` never names a message
-that is not there. A message delivered again (the runtime is at-least-once) writes the same
-names again: the files are replaced, never duplicated, and a crash between two writes
-leaves at most a stray temporary file (``.*.tmp``, safe to remove).
+Each file is written to a temporary name in the same directory, its own for every call
+(``.<name>.<pid>.<random>.tmp``), fsync'd, renamed over its final name, and the directory
+fsync'd: a file under its final name is always whole and durable, the ``.eml`` first, so
+a ``.json`` never names a message that is not there. A message delivered again (the
+runtime is at-least-once) writes the same names again: the files are replaced, never
+duplicated, and a crash between two writes leaves at most a stray temporary file
+(``.*.tmp``, safe to remove).
 
 Owns: the layout above and its durability.
 Must not know: brokers, retries (a failed write raises ``OSError``: the runtime retries it).
@@ -25,9 +26,9 @@ UUID pattern, so no name can leave the directory; files are created 0600 with
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,10 @@ def write_durably(directory: int, name: str, data: bytes) -> None:
     """``name`` in the directory open as ``directory`` holds ``data``, durably, whole or not
     at all: a temporary file written and fsync'd, renamed over ``name``, the directory
     fsync'd."""
-    temp = f".{name}.{os.getpid()}.tmp"
+    # A name of this call's own: an overrunning call and its retry (in another thread of
+    # the same process) never write, rename or remove each other's file.
+    temp = f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with contextlib.suppress(FileNotFoundError):  # left by a crashed process of our pid
-        os.unlink(temp, dir_fd=directory)
     fd = os.open(temp, flags, 0o600, dir_fd=directory)
     try:
         try:

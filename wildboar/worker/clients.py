@@ -71,6 +71,8 @@ class ClientLimits:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # an IPv4 client, in its network of IPv4 clients
         if any(ip in network for network in self.exempt):
             return None
         prefix = self.config.ipv4_prefix if ip.version == 4 else self.config.ipv6_prefix

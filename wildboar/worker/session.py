@@ -162,9 +162,10 @@ class Session(asyncio.Protocol):
             fields["proxy"] = peer[0]
             if relayed.command is proxy.Command.PROXY and relayed.source is not None:
                 assert relayed.destination is not None
-                family = "ipv4" if relayed.family is proxy.Family.TCP4 else "ipv6"
-                peer = (str(relayed.source.ip), relayed.source.port)
-                local = (str(relayed.destination.ip), relayed.destination.port)
+                # A dual-stack proxy names an IPv4 client as ::ffff:a.b.c.d (TCP6).
+                address, family = _plain(relayed.source.ip)
+                peer = (address, relayed.source.port)
+                local = (_plain(relayed.destination.ip)[0], relayed.destination.port)
         self.client_ip = peer[0]
         self.record = R.build_connection(family, peer, local, id=self.id, when=self.created)
         if self.tls_mode == "implicit":
@@ -325,6 +326,11 @@ class Session(asyncio.Protocol):
         assert self.record is not None
         self.origin = self.record.remote
         networks = self.xclient_networks
+        relayed = self.relayed
+        if relayed is not None and (
+            relayed.command is not proxy.Command.PROXY or relayed.source is None
+        ):
+            return  # a header that names no client: not the proxy's own session either
         if networks and self.origin.family != "unix":
             ip = ipaddress.ip_address(self.client_ip)
             self.conn.xclient = any(ip in network for network in networks)
@@ -360,7 +366,7 @@ class Session(asyncio.Protocol):
         makes the session a TLS one: STARTTLS is not offered, ``require_tls`` is met."""
         self.relayed = header
         if header.command is proxy.Command.PROXY and header.source is not None:
-            self.client_ip = str(header.source.ip)  # counted and limited, not the proxy
+            self.client_ip = _plain(header.source.ip)[0]  # counted and limited, not the proxy
         ssl = header.tlvs.ssl
         if ssl is not None and ssl.tls and self.tls_mode != "implicit":
             self.conn = self._core(tls=True)
@@ -401,10 +407,15 @@ class Session(asyncio.Protocol):
                 reason=str(error) or type(error).__name__,
             )
             transport.abort()
+            # The event loop does not always report the loss of a connection whose
+            # handshake failed (uvloop, on a reset): the session ends here, or its place
+            # and its counts would stay taken until the command timeout.
+            self.connection_lost(error if isinstance(error, Exception) else None)
             return
         if secure is None or self.closed or self.conn.state is not smtp.State.TLS:
             if secure is not None:
                 secure.abort()
+            self.connection_lost(None)
             return  # the connection was lost meanwhile
         self.transport = secure
         self._tls_established(secure)
@@ -737,6 +748,14 @@ class Session(asyncio.Protocol):
         self._process()
         if self.transport is not None:
             self.transport.close()
+
+
+def _plain(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[str, R.Family]:
+    """An address as the record and the limits take it: an IPv4-mapped IPv6 address is
+    the IPv4 address it maps."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped), "ipv4"
+    return str(ip), "ipv4" if ip.version == 4 else "ipv6"
 
 
 def _said(value: T | smtp.Unavailable | None, before: T | None) -> T | None:
