@@ -1,13 +1,18 @@
 """What every private daemon of the tests and benchmarks needs (Dovecot, HAProxy,
-Postfix): a free port to give it, its death with ours, and the processes of its group."""
+Postfix, nginx, NSD): a free port to give it, its death with ours, the processes of its
+group, and ``PrivateDaemon``, the life of one: started on entering, stopped by its PID
+and its directory removed on leaving, even when the start fails half way."""
 
 from __future__ import annotations
 
 import ctypes
 import random
+import shutil
 import signal
 import socket
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 _handed_out: set[int] = set()
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
@@ -61,3 +66,38 @@ def alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (an orphan not yet reaped)."""
     fields = _stat(pid)
     return fields is not None and fields[0] not in "ZX"
+
+
+class PrivateDaemon:
+    """A daemon with everything of its own in ``dir``: ``start`` and ``stop`` are its
+    own; ``close`` stops it and removes the directory; a ``with`` block does both."""
+
+    dir: Path
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

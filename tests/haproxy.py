@@ -31,9 +31,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
-from tests.daemons import die_with_parent, free_port
+from tests.daemons import PrivateDaemon, die_with_parent, free_port
 
 HAPROXY = Path("/usr/sbin/haproxy")
 #: ``Route.bind_host`` for a frontend on a unix socket (``address`` is then its path).
@@ -82,7 +81,7 @@ class Route:
     tls: bool = False
 
 
-class HAProxy:
+class HAProxy(PrivateDaemon):
     """One HAProxy serving ``routes``; ``address(name)`` is each frontend's."""
 
     def __init__(self, routes: Sequence[Route]) -> None:
@@ -192,16 +191,3 @@ class HAProxy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> HAProxy:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -33,9 +33,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
-from tests.daemons import alive, die_with_parent, free_port, process_group
+from tests.daemons import PrivateDaemon, alive, die_with_parent, free_port, process_group
 
 NGINX = Path("/usr/sbin/nginx")
 MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
@@ -111,7 +110,7 @@ class AuthEndpoint:
         self.server.server_close()
 
 
-class Nginx:
+class Nginx(PrivateDaemon):
     """One nginx mail proxy on ``address``, relaying every session to ``upstream``."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
@@ -194,16 +193,3 @@ class Nginx:
         self.stop()
         self.auth.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Nginx:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

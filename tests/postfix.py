@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,10 +41,9 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests.daemons import die_with_parent, process_group
+from tests.daemons import PrivateDaemon, die_with_parent, process_group
 
 POSTFIX = "/usr/sbin/postfix"
 POSTQUEUE = "/usr/sbin/postqueue"
@@ -89,7 +87,7 @@ class PostfixError(RuntimeError):
     pass
 
 
-class Postfix:
+class Postfix(PrivateDaemon):
     """One private Postfix; ``with Postfix(...) as postfix:`` starts it, and stops it and
     removes its directory at the end."""
 
@@ -230,28 +228,6 @@ class Postfix:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
             time.sleep(0.05)
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Postfix:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def tail(self, lines: int = 20) -> str:
         """The end of the log and of the master's output, for error messages."""

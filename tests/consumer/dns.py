@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 import dns.exception
 import dns.resolver
 
-from tests.daemons import die_with_parent, free_port, process_group
+from tests.daemons import PrivateDaemon, die_with_parent, free_port, process_group
 
 NSD = Path("/usr/sbin/nsd")
 START_TIMEOUT = 15.0
@@ -36,7 +34,7 @@ class NsdError(RuntimeError):
     pass
 
 
-class Nsd:
+class Nsd(PrivateDaemon):
     """``with Nsd({"spf.test": RECORDS}) as server:`` serves each zone (its records in zone
     file syntax, relative to the zone's origin; the SOA and NS records are added) on
     ``server.address``."""
@@ -171,25 +169,3 @@ remote-control:
                 text = ["(none)"]
             parts.append("\n".join([f"--- {path}:", *text]))
         return "\n".join(parts)
-
-    def close(self) -> None:
-        try:
-            self.stop()
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Nsd:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

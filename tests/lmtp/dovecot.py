@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from tests.daemons import die_with_parent, free_port, process_group
+from tests.daemons import PrivateDaemon, die_with_parent, free_port, process_group
 
 DOVECOT = Path("/usr/sbin/dovecot")
 DOVEADM = Path("/usr/bin/doveadm")
@@ -161,7 +161,7 @@ class LMTPClient:
         self.close()
 
 
-class Dovecot:
+class Dovecot(PrivateDaemon):
     """One private Dovecot LMTP server; ``with Dovecot() as dovecot:`` starts it, and stops
     it and removes its directory at the end (``start``/``close`` do the same by hand).
     ``stop``/``start`` stop and restart it on the same ports with the same mailboxes;
@@ -490,22 +490,6 @@ service lmtp {{
             self.stop(graceful=False)
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Dovecot:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # Mail and quota.
 
