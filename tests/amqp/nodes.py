@@ -264,9 +264,16 @@ class RabbitNode:
     def signal_beam(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the node's Erlang VM (SIGSTOP: a broker that hangs)."""
         assert self.proc is not None
-        pid = self.proc.pid
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            os.kill(int(child), sig)
+        beams = [pid for pid in _descendants(self.proc.pid) if _command(pid) == "beam.smp"]
+        if not beams:
+            raise RabbitError(f"{self.name}: no beam.smp under pid {self.proc.pid}")
+        for pid in beams:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + 5
+        while sig == signal.SIGSTOP and time.monotonic() < deadline:
+            if all(_state(pid) in ("T", "") for pid in beams):
+                break  # stopped, for sure, before the caller goes on
+            time.sleep(0.01)
 
     def ctl(self, *args: str, timeout: float = 120.0) -> str:
         """``rabbitmqctl -n NODE ARGS...``; its stdout, or RabbitError with its output."""
@@ -377,3 +384,31 @@ def private_node(tmp_path: Path) -> Iterator[RabbitNode]:
         yield node
     finally:
         node.stop()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first), from /proc."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+            found += [int(child) for child in children]
+            todo += [int(child) for child in children]
+    return found
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _state(pid: int) -> str:
+    """The process state letter of /proc/PID/stat ("T": stopped), "" if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
