@@ -193,3 +193,19 @@ def test_by_default_a_delivered_message_ends_the_pipeline(dovecot: Dovecot) -> N
         deliver.load(
             {"WILDBOAR_DELIVER_LMTP": "lmtp:127.0.0.1:24", "WILDBOAR_DELIVER_THEN": "keep"}
         )
+
+
+def test_a_message_handled_again_after_its_bounce_is_not_bounced_again(
+    dovecot: Dovecot, tmp_path: Path
+) -> None:
+    """The bounce is kept, then the publish of the result fails and the runtime calls
+    the stage again (or the broker redelivers): the same verdict, the same bounce id,
+    one bounce in the spool, and the delivered recipient still has one copy."""
+    message = make_message(to=("alice@example.org", "nobody-here@example.org"))
+    config = settings_for(dovecot, bounces=tmp_path / "bounce")
+    first = record_of(run_stage(deliver.handle(event_of(message), CONTEXT, config)))
+    again = record_of(run_stage(deliver.handle(event_of(message), CONTEXT, config)))
+    assert first.verdicts[-1].details["dsn"] == again.verdicts[-1].details["dsn"] != "none"
+    assert again.verdicts[-1].result == "partial"
+    assert len(bounces_in(tmp_path / "bounce")) == 1
+    assert len(dovecot.maildir_messages("alice")) == 1

@@ -124,20 +124,53 @@ class Ledger:
 ledger = Ledger()
 
 
+class Refusals:
+    """Who the mail store refused for which message, and the bounce kept for them, for the
+    last ``size`` ids: a retry or a redelivery after the bounce was kept (its publish
+    failed, say) neither asks the mail store again nor bounces a second time."""
+
+    def __init__(self, size: int = LEDGER_SIZE) -> None:
+        self.size = size
+        self._seen: collections.OrderedDict[
+            str, tuple[list[tuple[str, smtp.Reply]], str | None]
+        ] = collections.OrderedDict()
+
+    def get(self, message_id: str) -> tuple[list[tuple[str, smtp.Reply]], str | None]:
+        refused, bounce = self._seen.get(message_id, ([], None))
+        return list(refused), bounce
+
+    def add(
+        self, message_id: str, refused: list[tuple[str, smtp.Reply]], bounce: str | None
+    ) -> None:
+        self._seen[message_id] = (list(refused), bounce)
+        self._seen.move_to_end(message_id)
+        while len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+
+
+refusals = Refusals()
+
+
 async def handle(event: Event, context: Any, config: Settings) -> Event | None:
     stage = stage_name(context, "deliver")
     message = msgspec.json.decode(msgspec.json.encode(event), type=M.Message)
-    earlier = ledger.delivered(message.email.id)
-    later, refused, delivered = await _attempt(message, earlier, config)
+    message_id = message.email.id
+    before, bounced = refusals.get(message_id)
+    done_with = {**ledger.delivered(message_id), **{a: _text(r) for a, r in before}}
+    later, new, _ = await _attempt(message, done_with, config)
     if later:
         raise Retry("; ".join(f"{address}: {_text(reply)}" for address, reply in later))
-    details = {**ledger.delivered(message.email.id), **{a: _text(r) for a, r in refused}}
+    if new:  # bounced once: a bounce already kept is not kept again (``Refusals``)
+        bounced = ",".join(filter(None, [bounced, await _bounce(message, new, config)])) or None
+        refusals.add(message_id, [*before, *new], bounced)
+    refused = [*before, *new]
+    details = {**ledger.delivered(message_id), **{a: _text(r) for a, r in refused}}
     if not refused:
         done = add_verdict(event, stage, "delivered", **details)
         return done if config.then == "pass" else None
-    details["dsn"] = await _bounce(message, refused, config) or "none"
+    details["dsn"] = bounced or "none"
     reason = f"refused by the mail store: {', '.join(a for a, _ in refused)}"
-    if earlier or delivered:
+    if ledger.delivered(message_id):
         done = add_verdict(event, stage, "partial", reason, **details)
         return done if config.then == "pass" else None
     first = refused[0][1]
