@@ -193,7 +193,10 @@ def test_a_refused_message_larger_than_memory_is_recorded_whole(
     record = M.decode(item.body)
     assert refused["message"] == record.email.id
     content = record.email.data.removeprefix(record.email.received.encode() + b"\r\n")
-    assert len(content) > 4 * 65536
+    # What the core had parsed when the size ran out: some 300 KB, less what was still
+    # waiting unparsed in its buffer then (more under load); far past the 64 KiB kept in
+    # memory either way.
+    assert len(content) > 2 * 65536
     assert b"".join(lines).startswith(content)
 
 
