@@ -23,9 +23,9 @@ from typing import Any
 import pika
 import pika.exceptions
 import pika.spec
-from pika.adapters.asyncio_connection import AsyncioConnection
 
 from ..config import Amqp, describe_url, mask_secrets
+from ..pika_link import BrokerError, open_connection, reason
 from .topology import Topology
 
 # pika logs each failed connection attempt at ERROR, several lines each; the runtime
@@ -36,10 +36,6 @@ logging.getLogger("pika").setLevel(logging.CRITICAL)
 SETUP_TIMEOUT = 60.0
 #: How long ``close`` waits for the broker to acknowledge the connection's close.
 CLOSE_WAIT = 2.0
-
-
-class BrokerError(Exception):
-    """A broker operation failed; ``str()`` is for the log (masked)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,27 +114,9 @@ class Broker:
         return parameters
 
     async def _open(self, parameters: pika.URLParameters) -> None:
-        loop = asyncio.get_running_loop()
-        opened: asyncio.Future[None] = loop.create_future()
-        self.lost = loop.create_future()
+        self.lost = asyncio.get_running_loop().create_future()
         self._next_tag = 1
-
-        def on_open(connection: Any) -> None:
-            if not opened.done():
-                opened.set_result(None)
-
-        def on_open_error(connection: Any, error: BaseException) -> None:
-            if not opened.done():
-                opened.set_exception(BrokerError(reason(error)))
-
-        self._connection = AsyncioConnection(
-            parameters,
-            on_open_callback=on_open,
-            on_open_error_callback=on_open_error,
-            on_close_callback=self._on_connection_closed,
-            custom_ioloop=loop,
-        )
-        await opened
+        self._connection = await open_connection(parameters, self._on_connection_closed)
 
     async def set_up(self, topology: Topology, queue: str, prefetch: int) -> None:
         """Declare ``topology``; open the confirm channel; set the prefetch window.
@@ -326,21 +304,3 @@ class Broker:
         deadline = loop.time() + CLOSE_WAIT
         while connection is not None and not connection.is_closed and loop.time() < deadline:
             await asyncio.sleep(0.01)
-
-
-def reason(error: BaseException | None) -> str:
-    """One line for the log: what failed, without pika's layers."""
-    if error is None:
-        return "closed"
-    for _ in range(6):  # pika wraps the failure that matters a few layers deep
-        inner = getattr(error, "exceptions", None) or []
-        cause = inner[-1] if inner else getattr(error, "exception", None)
-        if not isinstance(cause, BaseException) and error.args:
-            cause = error.args[0]
-        if not isinstance(cause, BaseException):
-            break
-        error = cause
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    text = str(error) or type(error).__name__
-    return text if text == type(error).__name__ else f"{type(error).__name__}: {text}"

@@ -44,9 +44,10 @@ import pika
 
 from ..config import Amqp
 from ..message import CONTENT_TYPE_JSON, Message, decode, new_urn
+from ..pika_link import BrokerError
 from ..worker import logs
 from . import invoke
-from .broker import Broker, BrokerError, Delivery
+from .broker import Broker, Delivery
 from .context import Function, LambdaContext, describe_function
 from .topology import Stage
 

@@ -47,6 +47,8 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from .. import smtp
 from ..config import EXCHANGE_NAMES, Amqp, describe_url, mask_secrets, queue_arguments
 from ..message import CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, Message, encode
+from ..pika_link import BrokerError, open_connection
+from ..pika_link import reason as _reason
 from .base import (
     DELIVERED,
     LOCAL_PROBLEM,
@@ -103,10 +105,6 @@ CLOSE_WAIT = 2.0
 SETUP_TIMEOUT = 60.0
 #: Between two looks for publishes past their confirm timeout.
 EXPIRY_INTERVAL = 0.1
-
-
-class BrokerError(Exception):
-    """A broker operation failed; ``str()`` is for the log, never for a client."""
 
 
 @dataclasses.dataclass
@@ -466,29 +464,11 @@ class AmqpHandoff(Handoff):
         return False
 
     async def _connect(self, parameters: pika.URLParameters) -> None:
-        loop = asyncio.get_running_loop()
-        opened: asyncio.Future[None] = loop.create_future()
-        self._lost = loop.create_future()
+        self._lost = asyncio.get_running_loop().create_future()
         self._blocked = False
         self._next_tag = 1
-
-        def on_open(connection: Any) -> None:
-            if not opened.done():
-                opened.set_result(None)
-
-        def on_open_error(connection: Any, error: BaseException) -> None:
-            if not opened.done():
-                opened.set_exception(BrokerError(_reason(error)))
-
-        self._connection = AsyncioConnection(
-            parameters,
-            on_open_callback=on_open,
-            on_open_error_callback=on_open_error,
-            on_close_callback=self._on_connection_closed,
-            custom_ioloop=loop,
-        )
         async with asyncio.timeout(self.settings.connect_timeout):
-            await opened
+            self._connection = await open_connection(parameters, self._on_connection_closed)
         async with asyncio.timeout(SETUP_TIMEOUT):
             await self._set_up(self._connection)
 
@@ -736,37 +716,3 @@ class AmqpHandoff(Handoff):
     async def _set_aside(self, spool: Spool, urn: str, into: str, why: str) -> None:
         path = await asyncio.to_thread(spool.quarantine, urn, into)
         self._report(logging.ERROR, "amqp_set_aside", message=urn, why=why, path=path)
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """pika wraps the failure that matters (a refused connection, say) a few layers deep:
-    a workflow failure holding connector failures holding the socket error."""
-    for _ in range(6):
-        inner = getattr(error, "exceptions", None)
-        if inner:
-            error = inner[-1]
-            continue
-        cause = getattr(error, "exception", None)
-        if isinstance(cause, BaseException):
-            error = cause
-            continue
-        if error.args and isinstance(error.args[0], BaseException):
-            error = error.args[0]
-            continue
-        break
-    return error
-
-
-def _reason(error: BaseException | None) -> str:
-    """One line for the log: what failed, without pika's layers."""
-    if error is None:
-        return "closed"
-    if isinstance(error, BrokerError):
-        return str(error)
-    error = _root_cause(error)
-    if isinstance(error, TimeoutError) and not str(error):
-        return "timed out"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    text = str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}" if text != type(error).__name__ else text
