@@ -71,6 +71,11 @@ BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 PREFIX_MAX = 512
 
 
+#: Refusals that pass by themselves, whatever their status (S3 answers some with 400 or
+#: 409): the request took too long, too many requests, a conflicting one in progress.
+TRANSIENT = frozenset({"RequestTimeout", "SlowDown", "OperationAborted"})
+
+
 class StoreError(Exception):
     """The S3-compatible store refused a write for a reason that will not pass by itself
     (no such bucket, access denied): ``str()`` says which, in one line."""
@@ -89,8 +94,9 @@ class S3(msgspec.Struct, frozen=True):
     #: ``path`` (``host/bucket/key``, what most S3-compatible stores want) or ``virtual``
     #: (``bucket.host/key``).
     addressing: str = "virtual"
-    #: Seconds to connect, and to wait for each answer.
-    timeout: float = 30.0
+    #: Seconds to connect, and to wait for each answer: twice this fits in the runtime's
+    #: default time budget (30 s), so a store that hangs is a failure, not an overrun.
+    timeout: float = 10.0
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -156,7 +162,7 @@ def load_s3(environ: Mapping[str, str]) -> S3 | None:
         endpoint=endpoint,
         region=text(environ, "WILDBOAR_STORE_S3_REGION"),
         addressing=choice(environ, "WILDBOAR_STORE_S3_ADDRESSING", ("path", "virtual"), default),
-        timeout=seconds(environ, "WILDBOAR_STORE_S3_TIMEOUT", 30.0, low=1, high=600),
+        timeout=seconds(environ, "WILDBOAR_STORE_S3_TIMEOUT", 10.0, low=1, high=600),
     )
 
 
@@ -287,9 +293,9 @@ def _new_client(config: S3) -> Any:
     options = botocore.config.Config(
         connect_timeout=config.timeout,
         read_timeout=config.timeout,
-        # The runtime retries, with its back-off and budget; one more try here rides out
-        # a connection the store closed while idle.
-        retries={"mode": "standard", "max_attempts": 2},
+        # No retries of the SDK's own: the runtime retries, with its back-off, within
+        # its time budget, and logs each failure.
+        retries={"mode": "standard", "max_attempts": 1},
         s3={"addressing_style": config.addressing},
         user_agent_extra="wildboar-store",
     )
@@ -328,7 +334,7 @@ def refusal(where: str, response: Mapping[str, Any]) -> Exception:
     status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
     text = " ".join(str(error.get("Message") or "").split())[:200]
     line = f"S3 PUT {where}: {status} {code}" + (f": {text}" if text else "")
-    if status >= 500 or status in (408, 429) or code in ("RequestTimeout", "SlowDown"):
+    if status >= 500 or status in (408, 429) or code in TRANSIENT:
         return Retry(line)
     return StoreError(line)
 
