@@ -23,7 +23,8 @@ CONTEXT = Context("store")
 def test_a_message_and_its_record_are_written(tmp_path: Path) -> None:
     message = make_message(content=b"Subject: kept\r\n\r\nKeep me.\r\n")
     event = add_verdict(event_of(message), "scam", "pass")
-    result = store.handle(event, CONTEXT, store.Settings(directory=str(tmp_path / "mail")))
+    config = store.Settings(directory=str(tmp_path / "mail"), then="pass")
+    result = store.handle(event, CONTEXT, config)
     uuid = message.email.id.removeprefix("urn:uuid:")
     eml, record = tmp_path / "mail" / f"{uuid}.eml", tmp_path / "mail" / f"{uuid}.json"
     assert sorted(os.listdir(tmp_path / "mail")) == sorted([eml.name, record.name])
@@ -36,6 +37,16 @@ def test_a_message_and_its_record_are_written(tmp_path: Path) -> None:
     verdict = record_of(result).verdicts[-1]
     assert (verdict.stage, verdict.result) == ("store", "stored")
     assert verdict.details == {"eml": str(eml), "json": str(record)}
+
+
+def test_by_default_a_stored_message_ends_its_journey(tmp_path: Path) -> None:
+    message = make_message()
+    assert store.handle(event_of(message), CONTEXT, store.Settings(str(tmp_path))) is None
+    assert (tmp_path / f"{message.email.id.removeprefix('urn:uuid:')}.eml").exists()
+    assert store.load({"WILDBOAR_STORE_DIR": "/x"}).then == "drop"
+    assert store.load({"WILDBOAR_STORE_DIR": "/x", "WILDBOAR_STORE_THEN": "pass"}).then == "pass"
+    with pytest.raises(SettingError, match="WILDBOAR_STORE_THEN='keep': must be one of drop, pass"):
+        store.load({"WILDBOAR_STORE_DIR": "/x", "WILDBOAR_STORE_THEN": "keep"})
 
 
 def test_a_redelivery_writes_the_same_files_again(tmp_path: Path) -> None:
@@ -90,8 +101,14 @@ def test_the_directory_comes_from_the_environment(
 ) -> None:
     with pytest.raises(SettingError, match="WILDBOAR_STORE_DIR is not set"):
         store.load({})
+    # Under systemd, the unit's StateDirectory= is the default (the first of several).
+    unit = {"STATE_DIRECTORY": "/var/lib/wildboar-consumer/store:/var/lib/other"}
+    assert store.load(unit) == store.Settings(directory="/var/lib/wildboar-consumer/store")
+    assert store.load({**unit, "WILDBOAR_STORE_DIR": "/srv/mail"}).directory == "/srv/mail"
+    assert store.load({**unit, "WILDBOAR_STORE_S3_BUCKET": "mail"}).directory is None
     store.settings.cache_clear()
     monkeypatch.setenv("WILDBOAR_STORE_DIR", str(tmp_path))
+    monkeypatch.setenv("WILDBOAR_STORE_THEN", "pass")
     try:
         result = store.handler(event_of(make_message()), CONTEXT)
     finally:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.amqp.broker import Broker, broker
@@ -77,7 +78,8 @@ def objects(radosgw: Radosgw, bucket: str) -> dict[str, bytes]:
 def test_a_message_and_its_record_are_two_objects(radosgw: Radosgw, bucket: str) -> None:
     message = make_message(content=b"Subject: kept\r\n\r\nKeep me.\r\n")
     event = add_verdict(event_of(message), "scam", "pass")
-    result = store.handle(event, CONTEXT, s3_settings(radosgw, bucket, prefix="in/2026/"))
+    config = s3_settings(radosgw, bucket, prefix="in/2026/")
+    result = store.handle(event, CONTEXT, msgspec.structs.replace(config, then="pass"))
     uuid_ = message.email.id.removeprefix("urn:uuid:")
     eml, json = f"in/2026/{uuid_}.eml", f"in/2026/{uuid_}.json"
     stored = objects(radosgw, bucket)
@@ -291,6 +293,7 @@ def test_the_stage_stores_what_the_runtime_gives_it(
         "WILDBOAR_STORE_S3_BUCKET": bucket,
         "WILDBOAR_STORE_S3_ENDPOINT": radosgw.endpoint,
         "WILDBOAR_STORE_S3_PREFIX": "wb/",
+        "WILDBOAR_STORE_THEN": "pass",
         "AWS_ACCESS_KEY_ID": radosgw.access_key,
         "AWS_SECRET_ACCESS_KEY": radosgw.secret_key,
         "AWS_EC2_METADATA_DISABLED": "true",

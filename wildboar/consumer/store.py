@@ -4,11 +4,13 @@
 For a message whose ``email.id`` is ``urn:uuid:<uuid>``, ``<uuid>.eml`` holds the message
 as received (``email.data``: the Received field wildboar added, then the content, CRLF line
 ends) and ``<uuid>.json`` the record as this stage got it (the JSON form of
-``wildboar.message.Message``, verdicts of the earlier stages included). The stage returns
-the event with a ``stored`` verdict (details: ``eml``, ``json``: where the two are) for the
-next stage. The destination is one of:
+``wildboar.message.Message``, verdicts of the earlier stages included). Then the message's
+journey ends (``None``), or with ``WILDBOAR_STORE_THEN=pass`` the stage returns the event
+with a ``stored`` verdict (details: ``eml``, ``json``: where the two are) for the next
+stage. The destination is one of:
 
-- ``WILDBOAR_STORE_DIR``: a directory (made, mode 0700, if missing). Each file is written
+- ``WILDBOAR_STORE_DIR``: a directory (made, mode 0700, if missing); the default, when no
+  bucket is named either, is the unit's own (``STATE_DIRECTORY``). Each file is written
   to a temporary name in the same directory, its own for every call
   (``.<name>.<pid>.<random>.tmp``), fsync'd, renamed over its final name, and the
   directory fsync'd: a file under its final name is always whole and durable.
@@ -104,10 +106,15 @@ class Settings(msgspec.Struct, frozen=True):
     directory: str | None = None
     #: The bucket they go into, if they go to one.
     s3: S3 | None = None
+    #: What follows a stored message: ``drop`` (its journey ends here: ``None``) or
+    #: ``pass`` (the event with its ``stored`` verdict, for a stage after this one).
+    then: str = "drop"
 
 
 def load(environ: Mapping[str, str]) -> Settings:
-    """The settings from ``WILDBOAR_STORE_DIR`` or ``WILDBOAR_STORE_S3_*`` (one of the two)."""
+    """The settings from ``WILDBOAR_STORE_DIR`` or ``WILDBOAR_STORE_S3_*`` (one of the two);
+    with neither, the directory systemd made for the unit (``STATE_DIRECTORY``: under
+    ``wildboar-consumer@store.service``, ``/var/lib/wildboar-consumer/store``)."""
     directory = text(environ, "WILDBOAR_STORE_DIR")
     s3 = load_s3(environ)
     if directory is not None and s3 is not None:
@@ -116,11 +123,15 @@ def load(environ: Mapping[str, str]) -> Settings:
             " to one of a directory and a bucket"
         )
     if directory is None and s3 is None:
-        raise SettingError(
-            "WILDBOAR_STORE_DIR is not set: the directory to store messages in"
-            " (or WILDBOAR_STORE_S3_BUCKET: the bucket of an S3-compatible store)"
-        )
-    return Settings(directory=directory, s3=s3)
+        # StateDirectory= lists its directories separated by colons; the first is ours.
+        directory = (text(environ, "STATE_DIRECTORY") or "").split(":")[0] or None
+        if directory is None:
+            raise SettingError(
+                "WILDBOAR_STORE_DIR is not set: the directory to store messages in"
+                " (or WILDBOAR_STORE_S3_BUCKET: the bucket of an S3-compatible store)"
+            )
+    then = choice(environ, "WILDBOAR_STORE_THEN", ("drop", "pass"), "drop")
+    return Settings(directory=directory, s3=s3, then=then)
 
 
 def load_s3(environ: Mapping[str, str]) -> S3 | None:
@@ -205,12 +216,12 @@ def settings() -> Settings:
     return load(os.environ)
 
 
-def handler(event: Event, context: Any) -> Event:
+def handler(event: Event, context: Any) -> Event | None:
     """The stage's entry point (``wildboar consume store``)."""
     return handle(event, context, settings())
 
 
-def handle(event: Event, context: Any, config: Settings) -> Event:
+def handle(event: Event, context: Any, config: Settings) -> Event | None:
     record = msgspec.json.decode(msgspec.json.encode(event), type=M.Message)
     if config.s3 is not None:
         eml, json = store_s3(config.s3, record)
@@ -218,6 +229,8 @@ def handle(event: Event, context: Any, config: Settings) -> Event:
         assert config.directory is not None  # load() sees to one of the two
         paths = store(Path(config.directory), record)
         eml, json = str(paths[0]), str(paths[1])
+    if config.then != "pass":
+        return None
     return add_verdict(event, stage_name(context, "store"), "stored", eml=eml, json=json)
 
 
