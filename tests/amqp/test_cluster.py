@@ -8,6 +8,7 @@ queue."""
 from __future__ import annotations
 
 import base64
+import collections
 import re
 import time
 import uuid
@@ -73,14 +74,24 @@ def test_two_hosts_lose_no_250_when_a_cluster_node_stops(
             try:
                 wait_accepted(loads, max(before) + 50)
             except AssertionError as stalled:  # say what the brokers did, for the next look
+                # Every connection event, and how many publishes each host had refused.
                 events = [
-                    (name, r["event"], r.get("broker"), r.get("why"))
+                    (name, {k: v for k, v in r.items() if k not in ("time", "level")})
                     for name, server in (("A", a), ("B", b))
                     for r in server.logs
                     if str(r.get("event", "")).startswith("amqp_")
+                    and r.get("event") != "amqp_not_published"
                 ]
+                refused = {
+                    name: collections.Counter(
+                        str(r.get("why"))
+                        for r in server.logs
+                        if r.get("event") == "amqp_not_published"
+                    )
+                    for name, server in (("A", a), ("B", b))
+                }
                 raise AssertionError(
-                    f"{stalled}; before the stop {before}; {events[-40:]}"
+                    f"{stalled}; before the stop {before}; {events[-60:]}; refused {refused}"
                 ) from stalled
         accepted = load_a.accepted + load_b.accepted
         lost = [r for s in servers for r in s.logs if r.get("event") == "amqp_connection_lost"]

@@ -51,7 +51,11 @@ class Container:
         self.leader = 0  # the container's PID 1, as this machine sees it
 
     def __enter__(self) -> Container:
-        self.boot()
+        try:
+            self.boot()
+        except BaseException:
+            self.stop()  # a container that did not boot in time is not left running
+            raise
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
@@ -79,15 +83,24 @@ class Container:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise ContainerError(f"systemd-nspawn exited:\n{self.log.read_text()[-4000:]}")
-            if not self.leader:
+            # Looked up until it is systemd: nspawn's first child may be a helper that
+            # goes, and whose namespaces are not the container's.
+            if not self.leader or self._command(self.leader) != "systemd":
                 self.leader = self._child_of(self.proc.pid)
-            if self.leader:
+            if self.leader and self._command(self.leader) == "systemd":
                 state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
                 if state in ("running", "degraded"):
                     self.state = state
                     return
             time.sleep(0.2)
         raise ContainerError(f"the container did not boot:\n{self.log.read_text()[-4000:]}")
+
+    @staticmethod
+    def _command(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return ""
 
     @staticmethod
     def _child_of(pid: int) -> int:

@@ -231,7 +231,11 @@ def test_the_sockets_listen_and_start_the_service_on_the_first_connection(
     )
     assert send(machine, 25) == "{}\n"
     assert send(machine, 587) == "{}\n"
-    assert machine.sh("systemctl is-active wildboar.service").strip() == "active"
+    # The first worker serves before the supervisor's READY=1, which waits for them all.
+    wait_for(
+        "the service to be active",
+        lambda: machine.sh("systemctl is-active wildboar.service", False).strip() == "active",
+    )
     assert spooled(machine) == 2
     listed = machine.sh("wildboar spool ls").splitlines()
     assert len(listed) == 2 and all(f"a@example.net -> user@{DOMAIN}" in x for x in listed)
@@ -296,17 +300,37 @@ def test_a_root_only_key_by_loadcredential_serves_starttls(
     the credential and hands the workers copies; STARTTLS on port 25 works, and again
     after a reload."""
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(tmp_path / "key"), "-out", str(tmp_path / "cert"),
-         "-days", "2", "-subj", f"/CN=mx.{DOMAIN}"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "key"),
+            "-out",
+            str(tmp_path / "cert"),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=mx.{DOMAIN}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     machine.sh("mkdir -p -m 0700 /etc/ssl/private")
     machine.write("/etc/ssl/private/mx.key", (tmp_path / "key").read_text())
     machine.write("/etc/ssl/mx.pem", (tmp_path / "cert").read_text())
     machine.sh("chown root:root /etc/ssl/private/mx.key && chmod 600 /etc/ssl/private/mx.key")
-    assert machine.run("runuser", "-u", "wildboar", "--", "cat", "/etc/ssl/private/mx.key",
-                       check=False).returncode != 0  # fmt: skip
+    assert (
+        machine.run(
+            "runuser", "-u", "wildboar", "--", "cat", "/etc/ssl/private/mx.key", check=False
+        ).returncode
+        != 0
+    )
     machine.sh(
         "cp /etc/wildboar/wildboar.toml /root/wildboar.toml.saved"
         ' && printf \'\n[[listen]]\nname = "smtp"\nhost = "0.0.0.0"\nport = 25\n'
@@ -329,8 +353,11 @@ def test_a_root_only_key_by_loadcredential_serves_starttls(
         for _ in range(2):
             result = subprocess.run(
                 machine.netns(sys.executable, "-c", script),
-                capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
             assert result.returncode == 0, result.stderr + machine.sh(
                 "journalctl -u wildboar --no-pager -n 30", check=False
             )
@@ -364,14 +391,24 @@ def test_reload_and_upgrade_under_load_refuse_nothing_and_lose_nothing(
             batch = 200
             result = subprocess.run(
                 machine.netns(
-                    "/usr/sbin/smtp-source", "-s", "10", "-m", str(batch), "-l", "2000",
-                    "-f", "a@example.net", "-t", f"load@{DOMAIN}", "127.0.0.1:25",
+                    "/usr/sbin/smtp-source",
+                    "-s",
+                    "10",
+                    "-m",
+                    str(batch),
+                    "-l",
+                    "2000",
+                    "-f",
+                    "a@example.net",
+                    "-t",
+                    f"load@{DOMAIN}",
+                    "127.0.0.1:25",
                 ),
                 capture_output=True,
                 text=True,
                 timeout=120,
                 check=False,
-            )  # fmt: skip
+            )
             if result.returncode != 0 or result.stdout.strip() or result.stderr.strip():
                 failures.append(f"{result.returncode}: {result.stdout}{result.stderr}"[-2000:])
                 return
@@ -465,14 +502,69 @@ def test_it_runs_beside_debians_supervisor_package(machine: Container) -> None:
     assert owners.strip() == "wildboar: /usr/lib/wildboar/supervisor/__init__.py"
 
 
+def test_a_consumer_unit_stores_what_the_server_publishes(machine: Container) -> None:
+    """smtplib -> wildboar.service -> RabbitMQ -> wildboar-consumer@store under the unit's
+    hardening: every message in the stage's own directory, with nothing but the broker in
+    the configuration and ``--after smtp`` in the stage's file."""
+    # Debian's RabbitMQ in the container (from the apt cache: no network), named for
+    # loopback, since the container's own host name resolves nowhere.
+    machine.sh(
+        "mkdir -p /etc/rabbitmq && echo NODENAME=rabbit@localhost > /etc/rabbitmq/rabbitmq-env.conf"
+    )
+    machine.run("apt-get", "install", "-y", "-q", "rabbitmq-server", timeout=300)
+    machine.run("rabbitmqctl", "-q", "await_startup", timeout=180)
+    machine.sh("cp /etc/wildboar/wildboar.toml /root/wildboar.toml.spool")
+    set_key(machine, r'^# handoff = \["spool"\]$', 'handoff = ["amqp"]')
+    url = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    set_key(machine, rf'^# urls = \["{url}"\]$', f'urls = ["{url}"]')
+    machine.sh("mkdir -p /etc/wildboar/consumers")
+    machine.write("/etc/wildboar/consumers/store.env", "CONSUME_OPTIONS=--after smtp\n")
+    # Type=notify: start returns once the stage is connected and consuming.
+    machine.run("systemctl", "start", "wildboar-consumer@store", timeout=120)
+    machine.run("systemctl", "restart", "wildboar.service", timeout=120)
+    before = spooled(machine)
+    assert send(machine, 25, count=3) == "{}\n" * 3
+    store = "/var/lib/wildboar-consumer/store"
+
+    def stored() -> list[str]:
+        found = machine.sh(f"find {store} -name '*.eml' 2>/dev/null", check=False)
+        return sorted(found.split())
+
+    wait_for("three messages in the store stage's directory", lambda: len(stored()) == 3)
+    assert spooled(machine) == before  # handed to RabbitMQ, not spooled
+    for eml in stored():
+        content = machine.sh(f"cat {eml}")
+        assert content.startswith("Received: from ") and "Hello from outside." in content
+        record = json.loads(machine.sh(f"cat {eml.removesuffix('.eml')}.json"))
+        assert record["email"]["id"] == "urn:uuid:" + Path(eml).stem
+        assert record["email"]["to"] == [f"user@{DOMAIN}"]
+    modes = machine.sh(f"stat -c '%U %a' {store} {stored()[0]}").split("\n")
+    assert modes[:2] == ["wildboar 700", "wildboar 600"]
+    wait_for(
+        "the unit's progress (every 10 s)",
+        lambda: "handled" in machine.sh("systemctl show -p StatusText wildboar-consumer@store"),
+        timeout=30,
+    )
+    urn = "urn:uuid:" + Path(stored()[0]).stem
+    journal = machine.sh(f"journalctl -u wildboar-consumer@store WILDBOAR_MESSAGE={urn} -o json")
+    assert "record_dropped" in journal  # its journey ended in the store, said with its URN
+    # Back to the spool handoff for the tests after this one; the stage is left running
+    # (the package's removal stops it).
+    machine.sh("cp /root/wildboar.toml.spool /etc/wildboar/wildboar.toml")
+    machine.run("systemctl", "restart", "wildboar.service", timeout=120)
+
+
 def test_purge_keeps_a_spool_with_messages_and_says_so(machine: Container) -> None:
     held = spooled(machine)
     assert held > 0
     purge = machine.run("apt-get", "purge", "-y", "-q", "wildboar", timeout=300)
-    assert f"/var/spool/wildboar still holds {held} message record(s): kept" in (
-        purge.stdout + purge.stderr
-    )
+    said = purge.stdout + purge.stderr
+    assert f"/var/spool/wildboar still holds {held} message record(s): kept" in said
+    assert "/var/lib/wildboar-consumer still holds 6 file(s) of the consumer stages" in said
     assert spooled(machine) == held
+    stage = machine.run("systemctl", "is-active", "wildboar-consumer@store", check=False)
+    assert stage.stdout.strip() == "inactive"  # stopped by the removal, not left running
+    assert machine.sh("ps -o args= -u wildboar", check=False) == ""
     assert machine.run("getent", "passwd", "wildboar", check=False).returncode == 0
     assert machine.run("test", "-e", "/etc/wildboar", check=False).returncode == 1
     for unit in ("wildboar.socket", "wildboar-submission.socket", "wildboar.service"):
@@ -489,8 +581,14 @@ def test_purge_of_an_empty_spool_removes_spool_configuration_and_user(
     machine.run("apt-get", "install", "-y", "-q", "/root/wildboar-upgrade.deb", timeout=300)
     drained = machine.sh("wildboar spool drain | wc -l")
     assert int(drained) > 0 and spooled(machine) == 0
-    machine.run("apt-get", "purge", "-y", "-q", "wildboar", timeout=300)
-    for path in ("/var/spool/wildboar", "/etc/wildboar", "/usr/lib/wildboar"):
+    # The operator moved the stored mail elsewhere; the stage's empty directory stays.
+    machine.sh("find /var/lib/wildboar-consumer -type f -delete")
+    purge = machine.run("apt-get", "purge", "-y", "-q", "wildboar", timeout=300)
+    paths = ("/var/spool/wildboar", "/var/lib/wildboar-consumer", "/etc/wildboar")
+    for path in (*paths, "/usr/lib/wildboar"):
         assert machine.run("test", "-e", path, check=False).returncode == 1, path
-    assert machine.run("getent", "passwd", "wildboar", check=False).returncode == 2
+    left = machine.sh("ps -o user,pid,args -u wildboar; userdel wildboar 2>&1 || true", False)
+    assert machine.run("getent", "passwd", "wildboar", check=False).returncode == 2, (
+        purge.stdout[-2000:] + purge.stderr + left
+    )
     assert machine.run("getent", "group", "wildboar", check=False).returncode == 2

@@ -322,7 +322,8 @@ class AmqpHandoff(Handoff):
     def _properties(self, message: Message) -> pika.BasicProperties:
         return pika.BasicProperties(
             content_type=self.content_type,
-            delivery_mode=pika.DeliveryMode.Persistent,
+            # 2: persistent (pika 1.2, Debian 12's, has no pika.DeliveryMode).
+            delivery_mode=2,
             message_id=message.email.id,
             timestamp=int(time.time()),
             app_id="wildboar",
