@@ -188,6 +188,9 @@ def test_no_credentials_is_a_setting_error(
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(SettingError, match="no S3 credentials were found"):
         store.handle(event_of(make_message()), CONTEXT, s3_settings(radosgw, bucket))
+    monkeypatch.setenv("AWS_PROFILE", "mail")
+    with pytest.raises(SettingError, match=r"S3 credentials: The config profile .mail."):
+        store.handle(event_of(make_message()), CONTEXT, s3_settings(radosgw, bucket))
 
 
 def test_the_s3_settings_come_from_the_environment(radosgw: Radosgw) -> None:
@@ -251,6 +254,13 @@ def test_the_s3_settings_come_from_the_environment(radosgw: Radosgw) -> None:
                 "WILDBOAR_STORE_S3_ENDPOINT": "https://AKIA:secret@s3.example",
             },
             "WILDBOAR_STORE_S3_ENDPOINT: holds credentials; give them as AWS_ACCESS_KEY_ID",
+        ),
+        (
+            {
+                "WILDBOAR_STORE_S3_BUCKET": "mail",
+                "WILDBOAR_STORE_S3_ENDPOINT": "AKIA:secret@s3.example:99999",
+            },
+            "WILDBOAR_STORE_S3_ENDPOINT: holds credentials",
         ),
         (
             {"WILDBOAR_STORE_S3_BUCKET": "mail", "WILDBOAR_STORE_S3_ENDPOINT": "https://h/b"},

@@ -180,18 +180,18 @@ def load_s3(environ: Mapping[str, str]) -> S3 | None:
 def checked_endpoint(value: str) -> str:
     """``value`` if it is an ``http`` or ``https`` URL of a host (and port), nothing more."""
     name = "WILDBOAR_STORE_S3_ENDPOINT"
-    url = urllib.parse.urlsplit(value)
-    try:
-        port = url.port
-    except ValueError:
-        raise SettingError(f"{name}={value!r}: the port is not a number from 0 to 65535") from None
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise SettingError(f"{name}={value!r}: must be an https:// (or http://) URL of a host")
-    if url.username is not None or url.password is not None:
+    if "@" in value:  # before any message that would repeat the value
         raise SettingError(
             f"{name}: holds credentials; give them as AWS_ACCESS_KEY_ID and"
             " AWS_SECRET_ACCESS_KEY or in AWS_SHARED_CREDENTIALS_FILE instead"
         )
+    url = urllib.parse.urlsplit(value)
+    try:
+        port = url.port
+    except ValueError:
+        port = 0
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise SettingError(f"{name}={value!r}: must be an https:// (or http://) URL of a host")
     if url.path not in ("", "/") or url.query or url.fragment:
         raise SettingError(f"{name}={value!r}: must be the URL of the store alone (no path)")
     if port == 0:
@@ -282,13 +282,18 @@ def _new_client(config: S3) -> Any:
     try:
         import boto3.session  # noqa: PLC0415 (boto3 is only recommended: S3 needs it)
         import botocore.config  # noqa: PLC0415
+        import botocore.exceptions  # noqa: PLC0415
     except ImportError:
         raise SettingError(
             "WILDBOAR_STORE_S3_BUCKET is set but boto3 is not installed"
             " (Debian: apt install python3-boto3; pip: pip install boto3)"
         ) from None
-    session = boto3.session.Session()
-    if session.get_credentials() is None:
+    try:
+        session = boto3.session.Session()
+        credentials = session.get_credentials()
+    except botocore.exceptions.BotoCoreError as error:  # AWS_PROFILE names none, say
+        raise SettingError(f"S3 credentials: {error}") from None
+    if credentials is None:
         raise SettingError(
             "WILDBOAR_STORE_S3_BUCKET is set but no S3 credentials were found: set"
             " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_SHARED_CREDENTIALS_FILE"
