@@ -6,7 +6,7 @@
 PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml packaging/debian12.txt | cksum | cut -d' ' -f1)
 # Worker processes for pytest-xdist: one per CPU.
 JOBS   ?= auto
 TYPED  := wildboar $(wildcard supervisor)
@@ -21,12 +21,13 @@ test: $(STAMP) lint typecheck unit coverage
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/system-deps
+$(STAMP): pyproject.toml packaging/debian12.txt scripts/system-deps
 	PYTHON=$(PYTHON) sh scripts/system-deps
 	test -x $(BIN)/python && $(BIN)/python -c 'import sys; sys.exit(sys.base_prefix != "$(shell $(PYTHON) -c "import sys; print(sys.base_prefix)")")' \
 		|| { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	# The runtime libraries at Debian 12's versions (packaging/debian12.txt): the package's.
+	$(BIN)/python -m pip install -q -c packaging/debian12.txt -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
