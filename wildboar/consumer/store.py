@@ -312,8 +312,9 @@ def _new_client(config: S3) -> Any:
         connect_timeout=config.timeout,
         read_timeout=config.timeout,
         # No retries of the SDK's own: the runtime retries, with its back-off, within
-        # its time budget, and logs each failure.
-        retries={"mode": "standard", "max_attempts": 1},
+        # its time budget, and logs each failure. (total_max_attempts counts the first
+        # try in every botocore; max_attempts does not in Debian 12's 1.29.)
+        retries={"mode": "standard", "total_max_attempts": 1},
         s3={"addressing_style": config.addressing},
         user_agent_extra="wildboar-store",
     )
