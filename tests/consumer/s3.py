@@ -4,8 +4,9 @@ on a one-node Ceph cluster of its own (Debian's ceph-mon, ceph-osd, radosgw).
 ``Radosgw()`` writes a ``ceph.conf`` and the cluster's keys into a directory of its own
 under ``/tmp`` and starts, in the foreground as children of the test process, one monitor
 (msgr2 on 127.0.0.1 at a free port), one OSD keeping its objects in memory (``memstore``,
-replicas 1) and one radosgw (beast, HTTP on 127.0.0.1 at a free port), with cephx
-authentication among them; then makes an S3 user with keys of its own. Nothing is read
+replicas 1; its messengers on 127.0.0.1 from 6800 up, as Ceph picks them) and one
+radosgw (beast, HTTP on 127.0.0.1 at a free port), with cephx authentication among them:
+nothing listens beyond loopback; then makes an S3 user with keys of its own. Nothing is read
 from ``/etc/ceph`` and no Debian ceph service is started nor touched; every command names
 the private ``ceph.conf``. ``close`` stops the three by their pids (SIGTERM, then SIGKILL)
 and removes the directory. A start takes about ten seconds, most of it radosgw making its
@@ -68,6 +69,7 @@ fsid = {self.fsid}
 mon host = [v2:127.0.0.1:{self.mon_port}]
 mon initial members = a
 public addr = 127.0.0.1
+cluster addr = 127.0.0.1
 ms bind ipv6 = false
 ms bind msgr1 = false
 auth cluster required = cephx
