@@ -52,9 +52,9 @@ def credentials(monkeypatch: pytest.MonkeyPatch, radosgw: Radosgw) -> Iterator[N
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    store._clients.clear()
+    store.s3_client.cache_clear()
     yield
-    store._clients.clear()
+    store.s3_client.cache_clear()
 
 
 @pytest.fixture

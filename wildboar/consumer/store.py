@@ -52,7 +52,6 @@ import logging
 import os
 import re
 import secrets
-import threading
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -264,21 +263,11 @@ def store_s3(config: S3, record: M.Message) -> tuple[str, str]:
     return urls[0], urls[1]
 
 
-_clients: dict[S3, Any] = {}
-_clients_lock = threading.Lock()
-
-
+@functools.cache
 def s3_client(config: S3) -> Any:
     """This process's client for ``config`` (boto3's clients may be shared by threads);
-    made at the first message, when the SDK finds the credentials, or ``SettingError``."""
-    with _clients_lock:
-        client = _clients.get(config)
-        if client is None:
-            client = _clients[config] = _new_client(config)
-        return client
-
-
-def _new_client(config: S3) -> Any:
+    made at the first message, when the SDK finds the credentials, or ``SettingError``
+    (not kept: the next message tries again)."""
     try:
         import boto3.session  # noqa: PLC0415 (boto3 is only recommended: S3 needs it)
         import botocore.config  # noqa: PLC0415
